@@ -1,0 +1,1 @@
+"""Pure torch / diffusers / transformers building blocks of DeFI (no LeRobot imports here)."""

@@ -1,0 +1,1 @@
+"""LeRobot glue: the ``defi`` policy type (configuration, modeling, processors)."""

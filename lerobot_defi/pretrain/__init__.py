@@ -1,0 +1,1 @@
+"""Pretraining entry points for the forward (GFDM) and inverse (GIDM) dynamics models."""
