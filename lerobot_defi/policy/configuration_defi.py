@@ -1,0 +1,237 @@
+"""``DeFIConfig``: the ``defi`` policy type. Defaults are the official CALVIN recipe (spec 9 and appendix A).
+
+Cameras and the action dimension come from the dataset's features (``input_features`` /
+``output_features`` filled by ``lerobot-train``); any dataset with at least one camera and a task string
+works. Every official quirk that changes numbers is a named flag with the official value as default
+(spec section 8; see the README's table).
+
+Pretrained parts have two ways in: a Hub id or folder (``gfdm_path``, ``clip_text_path``, ``t5_path``,
+``gidm_path``), or an architecture dict for random weights (``gfdm_unet_config``, ...; the ``tiny`` preset in
+``configs/``). When a part is loaded from a path its architecture dict is recorded here, so a saved policy
+rebuilds offline from its own ``config.json`` + ``model.safetensors``.
+"""
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.configs.types import FeatureType
+from lerobot.optim import AdamWConfig
+from lerobot.utils.constants import ACTION
+
+from lerobot_defi.models.action_head import ActionHeadConfig
+from lerobot_defi.models.gidm import GIDMConfig
+from lerobot_defi.models.video_former import VideoFormerConfig
+from lerobot_defi.policy.tristage_schedule import TriStageSchedulerConfig
+
+FROZEN_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@PreTrainedConfig.register_subclass("defi")
+@dataclass
+class DeFIConfig(PreTrainedConfig):
+    # --- observations and actions -------------------------------------------------------------------------
+    n_obs_steps: int = 1
+    chunk_size: int = 10
+    n_action_steps: int = 10
+    # Every camera is resized to image_size x image_size and mapped to [-1, 1].
+    image_size: int = 256
+    # Cameras the policy reads (keys like "observation.images.static"); None: every camera of the dataset.
+    camera_keys: list[str] | None = None
+    # Cameras whose predicted frames feed the Video Former; None: all of camera_keys (official: both).
+    video_former_cameras: list[str] | None = None
+    # Camera whose predicted frames feed the GIDM; None: the first camera (official: static).
+    gidm_camera: str | None = None
+    # Which two predicted GFDM frames the GIDM compares (official: 0 and 5, hard-coded; spec 8 item 5).
+    gidm_frame_indices: tuple[int, int] = (0, 5)
+    # Official sampling keeps only start frames with >= 21 frames left in the episode (min_window_size 21).
+    drop_n_last_frames: int = 20
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MIN_MAX,
+            "ENV": NormalizationMode.MIN_MAX,
+            # CALVIN's relative actions are already in [-1, 1]: the CALVIN preset sets IDENTITY (official);
+            # min-max keeps other datasets in the range the EDM's sigma_data = 0.5 assumes.
+            "ACTION": NormalizationMode.MIN_MAX,
+        }
+    )
+    # The gripper channel is regressed continuously and binarised by sign on the way out (spec 8 item 24).
+    binarize_gripper: bool = True
+    gripper_action_index: int = -1
+
+    # --- GFDM: the frozen forward-dynamics video model ------------------------------------------------------
+    # Diffusers folder or Hub repo with unet/ and vae/ (a GFDM from lerobot-defi-train-gfdm, the official
+    # release's checkpoint-100000, or plain SVD image-to-video). None: build from gfdm_*_config.
+    gfdm_path: str | None = "stabilityai/stable-video-diffusion-img2vid"
+    gfdm_unet_config: dict | None = None
+    gfdm_vae_config: dict | None = None
+    gfdm_dtype: str = "float16"
+    gfdm_num_frames: int = 16
+    # Up-blocks whose outputs are concatenated as features (1280 + 1280 = 2560 channels officially).
+    feature_up_blocks: tuple[int, ...] = (0, 1)
+    # Noise level of the single UNet pass ("timestep: 20" in the official config; spec 8 item 18).
+    feature_sigma: float = 700.0
+    # SVD micro-conditioning (fps id, motion bucket, noise augmentation) of the policy's UNet pass (spec 8 item 7).
+    added_time_ids: tuple[float, float, float] = (4.0, 127.0, 0.0)
+    # None: fresh noise at every call, as officially (spec 8 item 8); an int: reproducible features.
+    feature_noise_seed: int | None = None
+
+    # --- frozen text encoders -------------------------------------------------------------------------------
+    clip_text_path: str | None = "openai/clip-vit-base-patch32"
+    clip_text_config: dict | None = None
+    clip_context_length: int = 20
+    clip_goal_length: int = 77
+    t5_path: str | None = "google-t5/t5-base"
+    t5_config: dict | None = None
+
+    # --- trainable parts ------------------------------------------------------------------------------------
+    # A GIDM saved by lerobot-defi-train-gidm (folder or Hub repo); its encoder side initialises the policy's.
+    gidm_path: str | None = None
+    gidm: GIDMConfig = field(default_factory=GIDMConfig)
+    # Hidden width of the MLP projecting GFDM features of the two GIDM frames to the GIDM width.
+    gidm_input_hidden_dim: int = 768
+    video_former: VideoFormerConfig = field(default_factory=VideoFormerConfig)
+    action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
+
+    # --- training -------------------------------------------------------------------------------------------
+    optimizer_lr: float = 1e-4
+    optimizer_betas: tuple[float, float] = (0.9, 0.9)
+    optimizer_eps: float = 1e-8
+    optimizer_weight_decay: float = 0.05
+    # 0 disables clipping (official Stage 3 has none; spec 8 item 23).
+    optimizer_grad_clip_norm: float = 0.0
+    # "constant": the official effective schedule (spec 8 item 1); "tristage": the intended one.
+    lr_schedule: str = "constant"
+    # Mixed precision of the trainable parts under lerobot-train (bfloat16 | float16 | float32); None leaves it
+    # to accelerate's own setting.
+    dtype: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_obs_steps != 1:
+            raise ValueError(f"DeFI reads one observation step; got n_obs_steps={self.n_obs_steps}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(
+                f"n_action_steps ({self.n_action_steps}) must be between 1 and chunk_size ({self.chunk_size})"
+            )
+        if self.lr_schedule not in ("constant", "tristage"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'tristage', got {self.lr_schedule!r}")
+        if self.gfdm_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"gfdm_dtype must be one of {FROZEN_DTYPES}, got {self.gfdm_dtype!r}")
+        if len(self.gidm_frame_indices) != 2 or not all(
+            0 <= i < self.gfdm_num_frames for i in self.gidm_frame_indices
+        ):
+            raise ValueError(
+                f"gidm_frame_indices must be two frame indices in [0, {self.gfdm_num_frames}), "
+                f"got {self.gidm_frame_indices}"
+            )
+        if self.gfdm_path is None and (self.gfdm_unet_config is None or self.gfdm_vae_config is None):
+            raise ValueError("Give gfdm_path (a diffusers folder or Hub repo) or both gfdm_unet_config and gfdm_vae_config")
+
+    # --- cameras --------------------------------------------------------------------------------------------
+    @property
+    def cameras(self) -> list[str]:
+        """Camera keys the policy reads, in order."""
+        return list(self.camera_keys) if self.camera_keys else list(self.image_features)
+
+    @property
+    def video_former_camera_keys(self) -> list[str]:
+        return list(self.video_former_cameras) if self.video_former_cameras else self.cameras
+
+    @property
+    def gidm_camera_key(self) -> str:
+        return self.gidm_camera or self.cameras[0]
+
+    @property
+    def gfdm_camera_keys(self) -> list[str]:
+        """Cameras that go through the GFDM: those the Video Former or the GIDM need, in camera order."""
+        needed = set(self.video_former_camera_keys) | {self.gidm_camera_key}
+        return [key for key in self.cameras if key in needed]
+
+    @property
+    def action_dim(self) -> int:
+        return self.action_feature.shape[0]
+
+    # --- LeRobot hooks --------------------------------------------------------------------------------------
+    def validate_features(self) -> None:
+        inputs = sorted(self.input_features or {})
+        if not self.image_features:
+            raise ValueError(
+                "DeFI needs at least one camera: no VISUAL input feature (observation.images.*) in the dataset; "
+                f"input features are {inputs}"
+            )
+        if self.action_feature is None:
+            raise ValueError(
+                f"DeFI needs an '{ACTION}' output feature; output features are {sorted(self.output_features or {})}"
+            )
+        if len(self.action_feature.shape) != 1 or self.action_feature.shape[0] < 1:
+            raise ValueError(f"DeFI expects a 1-D action vector, got shape {self.action_feature.shape}")
+        if self.binarize_gripper and not -self.action_dim <= self.gripper_action_index < self.action_dim:
+            raise ValueError(
+                f"gripper_action_index {self.gripper_action_index} is outside the action vector of dim "
+                f"{self.action_dim}; set --policy.binarize_gripper=false for actions without a gripper"
+            )
+        for name, keys in (
+            ("camera_keys", self.camera_keys or []),
+            ("video_former_cameras", self.video_former_cameras or []),
+            ("gidm_camera", [self.gidm_camera] if self.gidm_camera else []),
+        ):
+            unknown = [k for k in keys if k not in self.image_features]
+            if unknown:
+                raise ValueError(
+                    f"{name} names camera(s) {unknown} that the dataset does not have; cameras are "
+                    f"{list(self.image_features)}"
+                )
+        if self.gidm_camera_key not in self.cameras:
+            raise ValueError(f"gidm_camera {self.gidm_camera_key!r} is not among camera_keys {self.cameras}")
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            betas=self.optimizer_betas,
+            eps=self.optimizer_eps,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
+
+    def get_scheduler_preset(self) -> TriStageSchedulerConfig | None:
+        return TriStageSchedulerConfig() if self.lr_schedule == "tristage" else None
+
+
+def load_preset(name_or_path: str, **overrides) -> DeFIConfig:
+    """The ``policy`` section of a shipped preset (``"tiny"`` -> ``configs/defi_tiny.yaml``) or of any
+    train-config YAML/JSON, as a :class:`DeFIConfig`; ``overrides`` set fields (``camera_keys=[...]``)."""
+    import json
+    from pathlib import Path
+
+    import draccus
+    import yaml
+
+    from lerobot_defi.presets import preset_path
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = preset_path(name_or_path if name_or_path.endswith((".yaml", ".json")) else f"defi_{name_or_path}.yaml")
+    data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    section = dict(data.get("policy", data))
+    if section.pop("type", "defi") != "defi":
+        raise ValueError(f"{path} does not describe a defi policy")
+    config = draccus.decode(DeFIConfig, section)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise AttributeError(f"DeFIConfig has no field {key!r}")
+        setattr(config, key, value)
+    config.__post_init__()
+    return config

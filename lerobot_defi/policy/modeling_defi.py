@@ -1,0 +1,327 @@
+"""``DeFIPolicy``: the DeFI policy as a LeRobot ``PreTrainedPolicy`` (spec 4.3, 5).
+
+Per observation (one step, every camera in [-1, 1] at ``image_size``) and instruction:
+
+1. frozen text encoders -> CLIP context ``(B, 20, 512)``, CLIP goal ``(B, 512)``, T5 tokens ``(B, L, 768)``;
+2. frozen GFDM, one UNet pass per camera -> predictive features ``(V*B, F, 2560, 16, 16)``;
+3. Video Former over the predicted frames of the Video-Former cameras -> ``(B, F*14, 384)``;
+4. GIDM encoder on two predicted frames of the GIDM camera -> latent-action tokens ``(B, 4, 768)`` + VQ losses;
+5. action head: context ``[goal, video, latent action]`` ``(B, 229, 384)`` computed once per chunk, then the
+   EDM loss (training) or the 10-step sampler (inference).
+
+A saved policy is self-contained: ``model.safetensors`` holds the frozen GFDM (truncated UNet + VAE
+encoder) and text encoders too, the tokenizers are saved beside it, and the architectures of the pretrained
+parts are recorded in ``config.json``.
+"""
+
+import logging
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from einops import rearrange
+from huggingface_hub import snapshot_download
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION
+from lerobot.utils.device_utils import resolve_safetensors_device
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from lerobot_defi.models.action_head import ActionHead
+from lerobot_defi.models.gfdm import GFDMFeatureExtractor, diffusers_config, text_context_from_clip
+from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
+from lerobot_defi.models.text import InstructionEncoders, load_clip_text, load_t5
+from lerobot_defi.models.video_former import VideoFormer
+from lerobot_defi.policy.configuration_defi import DeFIConfig
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_DIRS = {"clip": "clip_tokenizer", "t5": "t5_tokenizer"}
+# Only these files of a Hub repo are needed to rebuild a saved policy.
+PRETRAINED_FILES = ["config.json", "model.safetensors", *(f"{d}/*" for d in TOKENIZER_DIRS.values())]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the policy built from the given configuration."""
+
+
+class DeFIPolicy(PreTrainedPolicy):
+    config_class = DeFIConfig
+    name = "defi"
+
+    def __init__(self, config: DeFIConfig, pretrained_dir: str | Path | None = None, **kwargs):
+        """``pretrained_dir`` is set by :meth:`from_pretrained`: the frozen parts are then built as empty
+        skeletons from the recorded architectures and their weights come from the checkpoint. Extra
+        ``kwargs`` (``dataset_stats``, ``dataset_meta`` from ``make_policy``) are accepted and unused."""
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        skeleton = pretrained_dir is not None
+        frozen_dtype = getattr(torch, config.gfdm_dtype)
+        with init_empty_weights(include_buffers=False) if skeleton else nullcontext():
+            self.gfdm = self._build_gfdm(skeleton, frozen_dtype)
+            self.text = self._build_text(skeleton, pretrained_dir)
+        gidm_model = None if skeleton or config.gidm_path is None else self._load_gidm_config(config.gidm_path)
+
+        grid = self.gfdm.feature_grid(config.image_size)
+        config.gidm.num_patches = grid * grid
+        config.gidm.text_dim = self.text.t5.config.d_model
+        gidm_dim = config.gidm.model_dim
+        feature_dim = self.gfdm.feature_dim
+        self.gidm_feature_proj = nn.Sequential(
+            nn.Linear(feature_dim, config.gidm_input_hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.gidm_input_hidden_dim, gidm_dim),
+        )
+        self.gidm_frame_embedding = nn.Parameter(torch.randn(2, 1, gidm_dim))
+        self.gidm = LatentActionEncoder(config.gidm)
+        self.video_former = VideoFormer(config.video_former, feature_dim, config.gfdm_num_frames)
+        video_tokens = config.gfdm_num_frames * config.video_former.queries_per_frame
+        self.action_head = ActionHead(
+            config.action_head,
+            action_dim=config.action_dim,
+            chunk_size=config.chunk_size,
+            goal_dim=self.text.clip.config.projection_dim,
+            video_dim=config.video_former.dim,
+            latent_action_dim=gidm_dim,
+            context_length=1 + video_tokens + config.gidm.num_latent_tokens,
+        )
+        self.gidm_load_report: dict | None = None
+        if gidm_model is not None:
+            self.gidm_load_report = self.load_gidm_encoder(gidm_model, source=config.gidm_path)
+        self.reset()
+
+    # --- construction ---------------------------------------------------------------------------------------
+    def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
+        cfg = self.config
+        options = {
+            "num_frames": cfg.gfdm_num_frames,
+            "feature_up_blocks": tuple(cfg.feature_up_blocks),
+            "feature_sigma": cfg.feature_sigma,
+            "added_time_ids": tuple(cfg.added_time_ids),
+        }
+        if cfg.gfdm_path is not None and not skeleton:
+            gfdm = GFDMFeatureExtractor.from_pretrained(cfg.gfdm_path, dtype=dtype, **options)
+        elif cfg.gfdm_unet_config is not None and cfg.gfdm_vae_config is not None:
+            gfdm = GFDMFeatureExtractor.from_configs(cfg.gfdm_unet_config, cfg.gfdm_vae_config, dtype=dtype, **options)
+        else:
+            raise ValueError(
+                "This DeFI config records no GFDM architecture (gfdm_unet_config / gfdm_vae_config); "
+                "it cannot be rebuilt from a checkpoint"
+            )
+        cfg.gfdm_unet_config = diffusers_config(gfdm.unet)
+        cfg.gfdm_vae_config = diffusers_config(gfdm.vae)
+        return gfdm
+
+    def _build_text(self, skeleton: bool, pretrained_dir: str | Path | None) -> InstructionEncoders:
+        cfg = self.config
+        tokenizer_root = Path(pretrained_dir) if pretrained_dir is not None else None
+        clip, clip_tokenizer, cfg.clip_text_config = load_clip_text(
+            cfg.clip_text_path,
+            cfg.clip_text_config,
+            tokenizer_root / TOKENIZER_DIRS["clip"] if tokenizer_root else None,
+            skeleton=skeleton,
+        )
+        t5, t5_tokenizer, cfg.t5_config = load_t5(
+            cfg.t5_path,
+            cfg.t5_config,
+            tokenizer_root / TOKENIZER_DIRS["t5"] if tokenizer_root else None,
+            skeleton=skeleton,
+        )
+        return InstructionEncoders(
+            clip,
+            clip_tokenizer,
+            t5,
+            t5_tokenizer,
+            context_length=cfg.clip_context_length,
+            goal_length=cfg.clip_goal_length,
+        )
+
+    def _load_gidm_config(self, path: str) -> LatentActionModel:
+        """Load a pretrained GIDM and adopt its architecture (keeping this config's quirk flag)."""
+        model = LatentActionModel.from_pretrained(path)
+        tiled = self.config.gidm.tiled_padding_mask
+        self.config.gidm = type(self.config.gidm)(**{**vars(model.config), "tiled_padding_mask": tiled})
+        return model
+
+    def load_gidm_encoder(self, model: LatentActionModel, source: str | None = None) -> dict:
+        """Copy the encoder side of a pretrained GIDM into the policy; returns (and logs) what was taken.
+
+        Raises if any encoder tensor is missing or has another shape. The decoder is not used by the policy.
+        """
+        expected = self.gidm.state_dict()
+        provided = model.encoder.state_dict()
+        problems = [
+            f"{k}: GIDM {tuple(provided[k].shape)} vs policy {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in provided and provided[k].shape != v.shape
+        ]
+        missing = sorted(set(expected) - set(provided))
+        if problems or missing:
+            raise CheckpointMismatchError(
+                f"GIDM at {source} does not fit the policy: missing encoder tensors {missing}; shape mismatches "
+                f"{problems}. The GIDM's num_patches must equal the GFDM feature grid (image_size / 16)^2."
+            )
+        self.gidm.load_state_dict(provided, strict=True)
+        report = {
+            "source": source,
+            "loaded_tensors": sorted(provided),
+            "loaded_parameters": sum(t.numel() for t in provided.values()),
+            "unused_decoder_tensors": len(model.decoder.state_dict()),
+        }
+        logger.info(
+            "GIDM encoder initialised from %s: %d tensors (%.1f M values); %d decoder tensors not used",
+            source,
+            len(provided),
+            report["loaded_parameters"] / 1e6,
+            report["unused_decoder_tensors"],
+        )
+        return report
+
+    # --- save / load ----------------------------------------------------------------------------------------
+    def _save_pretrained(self, save_directory: Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        super()._save_pretrained(save_directory, state_dict=state_dict)
+        self.text.clip_tokenizer.save_pretrained(save_directory / TOKENIZER_DIRS["clip"])
+        self.text.t5_tokenizer.save_pretrained(save_directory / TOKENIZER_DIRS["t5"])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, **kwargs) -> "DeFIPolicy":
+        """Load a saved DeFI policy from a folder or a Hub repo; needs nothing else (no GFDM folder)."""
+        path = Path(pretrained_name_or_path)
+        if not path.is_dir():
+            path = Path(
+                snapshot_download(
+                    repo_id=str(pretrained_name_or_path),
+                    revision=kwargs.get("revision"),
+                    cache_dir=kwargs.get("cache_dir"),
+                    token=kwargs.get("token"),
+                    force_download=kwargs.get("force_download", False),
+                    local_files_only=kwargs.get("local_files_only", False),
+                    allow_patterns=PRETRAINED_FILES,
+                )
+            )
+        return super().from_pretrained(path, pretrained_dir=path, **kwargs)
+
+    @classmethod
+    def _load_as_safetensor(cls, model: "DeFIPolicy", model_file: str, map_location: str, strict: bool):
+        """Strict, readable loading: every tensor must be present with the right shape."""
+        expected = model.state_dict()
+        with safe_open(model_file, framework="pt", device=resolve_safetensors_device(map_location)) as f:
+            keys = set(f.keys())
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
+            mismatched = [
+                f"  {k}: checkpoint {shapes[k]} vs this policy {tuple(v.shape)}"
+                for k, v in expected.items()
+                if k in keys and shapes[k] != tuple(v.shape)
+            ]
+            missing = sorted(set(expected) - keys)
+            unexpected = sorted(keys - set(expected))
+            if mismatched or missing or unexpected:
+                lines = [f"{model_file} does not match the DeFI policy built from this configuration:"]
+                if mismatched:
+                    lines += [f"{len(mismatched)} tensor(s) with another shape:", *mismatched[:20]]
+                if missing:
+                    lines.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. {missing[:5]}")
+                if unexpected:
+                    lines.append(f"{len(unexpected)} unknown tensor(s) in the checkpoint, e.g. {unexpected[:5]}")
+                lines.append(
+                    "Was it saved with another config (action dim, cameras, chunk size, image size or model "
+                    "sizes)? Load it with its own config.json."
+                )
+                raise CheckpointMismatchError("\n".join(lines))
+            state = {k: f.get_tensor(k) for k in keys}
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
+
+    # --- LeRobot API ----------------------------------------------------------------------------------------
+    def get_optim_params(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def reset(self) -> None:
+        """Clear the action queue (call at every new episode / instruction)."""
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+        self._queued_tasks: tuple[str, ...] | None = None
+
+    def encode_observation(self, batch: dict[str, Tensor | list[str]]) -> dict[str, Tensor]:
+        """Everything up to the action head's context: ``context (B, 1 + F*Q + K, D)``, the GIDM's
+        ``indices (B, K)`` and VQ losses."""
+        cfg = self.config
+        tasks = _tasks(batch)
+        instructions = self.text(tasks)
+        cameras = cfg.gfdm_camera_keys
+        images = torch.cat([batch[key] for key in cameras], dim=0)  # (V*B, 3, H, W)
+        context = text_context_from_clip(instructions.clip_hidden, self.gfdm.cross_attention_dim)
+        generator = None
+        if cfg.feature_noise_seed is not None:
+            generator = torch.Generator(images.device).manual_seed(cfg.feature_noise_seed)
+        features = self.gfdm(images, context.repeat(len(cameras), 1, 1), generator=generator)
+        tokens = rearrange(features, "(v b) f c h w -> v b f (h w) c", v=len(cameras))
+        video_in = torch.cat([tokens[cameras.index(k)] for k in cfg.video_former_camera_keys], dim=2)
+        video_tokens = self.video_former(video_in)  # (B, F*Q, D)
+        frames = tokens[cameras.index(cfg.gidm_camera_key)][:, list(cfg.gidm_frame_indices)]  # (B, 2, N, C)
+        gidm_in = self.gidm_feature_proj(frames) + self.gidm_frame_embedding
+        gidm = self.gidm(gidm_in, instructions.t5_hidden, instructions.t5_mask)
+        action_context = self.action_head.encode_context(
+            instructions.clip_pooled[:, None], video_tokens, gidm["latent_action_tokens"]
+        )
+        return {
+            "context": action_context,
+            "indices": gidm["indices"],
+            "code_loss": gidm["code_loss"],
+            "commitment_loss": gidm["commitment_loss"],
+        }
+
+    def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
+        """Training loss ``L_action + L_code + commitment_weight * L_commit`` and its parts."""
+        if ACTION not in batch:
+            raise KeyError(f"DeFI training needs '{ACTION}' in the batch; got keys {sorted(batch)}")
+        encoded = self.encode_observation(batch)
+        action_loss = self.action_head.loss(batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"))
+        commitment_weight = self.config.gidm.commitment_weight
+        loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
+        counts = torch.bincount(encoded["indices"].flatten(), minlength=self.config.gidm.codebook_size).float()
+        probabilities = counts / counts.sum()
+        perplexity = torch.exp(-(probabilities * probabilities.clamp_min(1e-10).log()).sum())
+        return loss, {
+            "action_loss": action_loss.item(),
+            "vq_code_loss": encoded["code_loss"].item(),
+            "vq_commitment_loss": encoded["commitment_loss"].item(),
+            "codebook_usage": (counts > 0).float().mean().item(),
+            "codebook_perplexity": perplexity.item(),
+        }
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """Sample a chunk ``(B, chunk_size, action_dim)``; ``noise`` optional standard normal of that shape."""
+        context = self.encode_observation(batch)["context"]
+        return self.action_head.sample(context, noise=noise)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """Next action ``(B, action_dim)``: pops the queue, refilled with ``n_action_steps`` actions of a new
+        chunk when empty or when the instruction changes."""
+        tasks = tuple(_tasks(batch))
+        if tasks != self._queued_tasks:
+            self._action_queue.clear()
+            self._queued_tasks = tasks
+        if not self._action_queue:
+            chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()
+
+
+def _tasks(batch: dict) -> list[str]:
+    """The batch's instructions as a list of strings (one per sample)."""
+    if "task" not in batch:
+        raise KeyError(
+            "DeFI is language-conditioned and needs the instruction under 'task' (a LeRobotDataset's task string "
+            f"or the env's task description); batch keys are {sorted(batch)}"
+        )
+    tasks = batch["task"]
+    if isinstance(tasks, str):
+        images = [v for k, v in batch.items() if k.startswith("observation.images.")]
+        return [tasks] * (images[0].shape[0] if images else 1)
+    return [str(t) for t in tasks]
+
