@@ -105,10 +105,17 @@ class DenoisingBlock(nn.Module):
         self.mlp = FeedForward(cfg.dim, cfg.mlp_ratio * cfg.dim, cfg.mlp_dropout)
 
     def forward(
-        self, x: Tensor, sigma_embedding: Tensor, context: Tensor, self_mask: Tensor, cross_mask: Tensor | None
+        self,
+        x: Tensor,
+        sigma_embedding: Tensor,
+        context: Tensor,
+        self_mask: Tensor,
+        cross_mask: Tensor | None,
     ) -> Tensor:
         """``x (B, T, D)``, ``sigma_embedding (B, 1, D)``, ``context (B, M, D)``."""
-        shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = self.modulation(F.silu(sigma_embedding)).chunk(6, -1)
+        shift_1, scale_1, gate_1, shift_2, scale_2, gate_2 = self.modulation(F.silu(sigma_embedding)).chunk(
+            6, -1
+        )
         h = shift_1 + (scale_1 + self.scale_offset) * self.norm_self_attention(x)
         x = x + gate_1 * self.self_attention(h, mask=self_mask)
         x = x + self.cross_attention(self.norm_cross_attention(x), context, mask=cross_mask)
@@ -173,7 +180,11 @@ class ActionHead(nn.Module):
     def encode_context(self, goal: Tensor, video_tokens: Tensor, latent_action_tokens: Tensor) -> Tensor:
         """``[goal, video, latent-action]`` tokens -> context ``(B, 1 + Nv + Nl, dim)``; no position code."""
         x = torch.cat(
-            [self.goal_proj(goal), self.video_proj(video_tokens), self.latent_action_proj(latent_action_tokens)],
+            [
+                self.goal_proj(goal),
+                self.video_proj(video_tokens),
+                self.latent_action_proj(latent_action_tokens),
+            ],
             dim=1,
         )
         for block in self.context_blocks:

@@ -10,6 +10,7 @@ Two parameterisations are used in DeFI:
 Shapes: ``sigma`` is a tensor broadcastable against the sample (callers pass ``(B, 1, 1)`` or ``(B,)``).
 """
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -103,7 +104,9 @@ def exponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float, devic
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)
 
 
-def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None) -> Tensor:
+def karras_sigmas(
+    num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None
+) -> Tensor:
     """Karras et al. schedule (``rho = 7``) from ``sigma_max`` to ``sigma_min`` plus a final 0."""
     ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
     min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
@@ -118,7 +121,7 @@ def sample_first_order(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, 
     ``x <- (s_next/s) * x + (1 - s_next/s) * D(x; s)``; the final step to ``s = 0`` returns ``D``.
     ``x``: the initial noise already scaled by ``sigmas[0]``.
     """
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for sigma, sigma_next in itertools.pairwise(sigmas):
         denoised = denoiser(x, sigma)
         ratio = sigma_next / sigma
         x = ratio * x + (1.0 - ratio) * denoised

@@ -28,7 +28,9 @@ GFDM_SUBFOLDERS = ("unet", "vae")
 
 def diffusers_config(model) -> dict:
     """A JSON-able architecture dict of a diffusers model (private keys dropped)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if not k.startswith("_")}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items() if not k.startswith("_")
+    }
 
 
 def check_gfdm_folder(path: str | Path) -> None:
@@ -85,7 +87,9 @@ class GFDMFeatureExtractor(nn.Module):
         self.num_frames = num_frames
         self.feature_up_blocks = tuple(feature_up_blocks)
         self.feature_sigma = feature_sigma
-        self.register_buffer("added_time_ids", torch.tensor(added_time_ids, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "added_time_ids", torch.tensor(added_time_ids, dtype=torch.float32), persistent=False
+        )
         # Keep only what the taps need.
         last = feature_up_blocks[-1]
         unet.up_blocks = unet.up_blocks[: last + 1]
@@ -101,10 +105,14 @@ class GFDMFeatureExtractor(nn.Module):
         self.cross_attention_dim = unet.config.cross_attention_dim
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float16, **kwargs) -> "GFDMFeatureExtractor":
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype = torch.float16, **kwargs
+    ) -> "GFDMFeatureExtractor":
         """Load a GFDM (or plain SVD image-to-video) diffusers folder or Hub repo with ``unet/`` and ``vae/``."""
         check_gfdm_folder(path)
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(str(path), subfolder="unet", torch_dtype=dtype)
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(
+            str(path), subfolder="unet", torch_dtype=dtype
+        )
         vae = AutoencoderKLTemporalDecoder.from_pretrained(str(path), subfolder="vae", torch_dtype=dtype)
         return cls(unet, vae, **kwargs)
 
@@ -143,7 +151,9 @@ class GFDMFeatureExtractor(nn.Module):
         return self.vae.encode(images.to(self.dtype)).latent_dist.mode()
 
     @torch.no_grad()
-    def forward(self, images: Tensor, text_context: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(
+        self, images: Tensor, text_context: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
         with torch.autocast(images.device.type, enabled=False):
             condition = self.encode_condition(images)  # (N, 4, h, w)
             n, c, h, w = condition.shape
@@ -154,7 +164,9 @@ class GFDMFeatureExtractor(nn.Module):
             timestep = torch.full((n,), math.log(self.feature_sigma) / 4.0, device=images.device)
             taps = self._truncated_unet(sample, timestep, text_context.to(self.dtype))
         size = taps[-1].shape[-2:]
-        features = torch.cat([F.interpolate(t, size=size, mode="nearest") for t in taps[:-1]] + [taps[-1]], dim=1)
+        features = torch.cat(
+            [F.interpolate(t, size=size, mode="nearest") for t in taps[:-1]] + [taps[-1]], dim=1
+        )
         return features.float().reshape(n, self.num_frames, *features.shape[1:])
 
     def _truncated_unet(self, sample: Tensor, timestep: Tensor, context: Tensor) -> list[Tensor]:
@@ -177,13 +189,19 @@ class GFDMFeatureExtractor(nn.Module):
             extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             x, block_skips = block(hidden_states=x, temb=emb, image_only_indicator=indicator, **extra)
             skips += block_skips
-        x = unet.mid_block(hidden_states=x, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator)
+        x = unet.mid_block(
+            hidden_states=x, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator
+        )
         taps = []
         for index, block in enumerate(unet.up_blocks):
             block_skips, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
             extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             x = block(
-                hidden_states=x, temb=emb, res_hidden_states_tuple=block_skips, image_only_indicator=indicator, **extra
+                hidden_states=x,
+                temb=emb,
+                res_hidden_states_tuple=block_skips,
+                image_only_indicator=indicator,
+                **extra,
             )
             if index in self.feature_up_blocks:
                 taps.append(x)

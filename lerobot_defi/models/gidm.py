@@ -152,7 +152,7 @@ class VectorQuantizer(nn.Module):
             pick = torch.randint(len(alive), (len(dead),), generator=generator, device="cpu").to(alive.device)
             self.codebook.weight[dead] = self.codebook.weight[alive[pick]]
         self.usage.zero_()
-        return int(len(dead)) if len(alive) else 0
+        return len(dead) if len(alive) else 0
 
 
 def padding_mask_rows(text_mask: Tensor, num_visual: int, num_frames: int, tiled: bool) -> Tensor:
@@ -270,11 +270,15 @@ class LatentActionModel(nn.Module, PyTorchModelHubMixin, library_name="lerobot_d
 
     def forward(self, frames: Tensor, text: Tensor, text_mask: Tensor) -> dict[str, Tensor]:
         out = self.encoder(frames, text, text_mask)
-        reconstruction = self.decoder(frames[:, 0], out["latent_action_tokens"], out["text_tokens"], text_mask)
+        reconstruction = self.decoder(
+            frames[:, 0], out["latent_action_tokens"], out["text_tokens"], text_mask
+        )
         reconstruction_loss = F.mse_loss(reconstruction, frames[:, -1])
         out["reconstruction"] = reconstruction
         out["reconstruction_loss"] = reconstruction_loss
-        out["loss"] = reconstruction_loss + out["code_loss"] + self.config.commitment_weight * out["commitment_loss"]
+        out["loss"] = (
+            reconstruction_loss + out["code_loss"] + self.config.commitment_weight * out["commitment_loss"]
+        )
         return out
 
     def config_dict(self) -> dict:

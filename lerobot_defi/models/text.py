@@ -65,7 +65,11 @@ def build_byte_level_tokenizer(kind: str) -> PreTrainedTokenizerFast:
 
 
 def _config_without_private_keys(config) -> dict:
-    return {k: v for k, v in config.to_diff_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    return {
+        k: v
+        for k, v in config.to_diff_dict().items()
+        if not k.startswith("_") and k != "transformers_version"
+    }
 
 
 def load_clip_text(
@@ -175,7 +179,9 @@ class InstructionEncoders(nn.Module):
         t5_states: list[Tensor | None] = [None] * len(texts)
         if self.t5 is not None:
             tokens = self.t5_tokenizer(texts, padding=True, return_tensors="pt").to(device)
-            states = self.t5(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            states = self.t5(
+                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+            ).last_hidden_state
             lengths = tokens.attention_mask.sum(-1).tolist()
             t5_states = [states[i, :n].float() for i, n in enumerate(lengths)]
         return [(hidden[i], pooled[i], t5_states[i]) for i in range(len(texts))]

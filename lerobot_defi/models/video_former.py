@@ -69,7 +69,9 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (N, F, D)`` -> ``(N, F, D)``."""
-        q, k, v = rearrange(self.qkv(self.norm(x)), "n f (three h d) -> three n h f d", three=3, h=self.num_heads)
+        q, k, v = rearrange(
+            self.qkv(self.norm(x)), "n f (three h d) -> three n h f d", three=3, h=self.num_heads
+        )
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "n h f d -> n f (h d)"))
 
@@ -106,7 +108,9 @@ class VideoFormer(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         b, f = features.shape[:2]
         if f != self.num_frames:
-            raise ValueError(f"VideoFormer was built for {self.num_frames} frames, got features {tuple(features.shape)}")
+            raise ValueError(
+                f"VideoFormer was built for {self.num_frames} frames, got features {tuple(features.shape)}"
+            )
         media = self.input_mlp(features) + self.frame_embedding  # (B, F, N, D)
         media = rearrange(media, "b f n d -> (b f) n d")
         x = self.queries.expand(b, -1, -1, -1).reshape(b * f, self.cfg.queries_per_frame, self.cfg.dim)

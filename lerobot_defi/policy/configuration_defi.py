@@ -14,7 +14,6 @@ rebuilds offline from its own ``config.json`` + ``model.safetensors``.
 from dataclasses import dataclass, field
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
-from lerobot.configs.types import FeatureType
 from lerobot.optim import AdamWConfig
 from lerobot.utils.constants import ACTION
 
@@ -126,7 +125,9 @@ class DeFIConfig(PreTrainedConfig):
                 f"got {self.gidm_frame_indices}"
             )
         if self.gfdm_path is None and (self.gfdm_unet_config is None or self.gfdm_vae_config is None):
-            raise ValueError("Give gfdm_path (a diffusers folder or Hub repo) or both gfdm_unet_config and gfdm_vae_config")
+            raise ValueError(
+                "Give gfdm_path (a diffusers folder or Hub repo) or both gfdm_unet_config and gfdm_vae_config"
+            )
 
     # --- cameras --------------------------------------------------------------------------------------------
     @property
@@ -223,8 +224,12 @@ def load_preset(name_or_path: str, **overrides) -> DeFIConfig:
 
     path = Path(name_or_path)
     if not path.is_file():
-        path = preset_path(name_or_path if name_or_path.endswith((".yaml", ".json")) else f"defi_{name_or_path}.yaml")
-    data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+        path = preset_path(
+            name_or_path if name_or_path.endswith((".yaml", ".json")) else f"defi_{name_or_path}.yaml"
+        )
+    data = (
+        yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    )
     section = dict(data.get("policy", data))
     if section.pop("type", "defi") != "defi":
         raise ValueError(f"{path} does not describe a defi policy")

@@ -63,7 +63,14 @@ class DeFIPolicy(PreTrainedPolicy):
         with init_empty_weights(include_buffers=False) if skeleton else nullcontext():
             self.gfdm = self._build_gfdm(skeleton, frozen_dtype)
             self.text = self._build_text(skeleton, pretrained_dir)
-        gidm_model = None if skeleton or config.gidm_path is None else self._load_gidm_config(config.gidm_path)
+        if (
+            skeleton
+        ):  # ties are lost on the meta device; restore them (outside init_empty_weights) before loading
+            self.text.clip.tie_weights()
+            self.text.t5.tie_weights()
+        gidm_model = (
+            None if skeleton or config.gidm_path is None else self._load_gidm_config(config.gidm_path)
+        )
 
         grid = self.gfdm.feature_grid(config.image_size)
         config.gidm.num_patches = grid * grid
@@ -105,7 +112,9 @@ class DeFIPolicy(PreTrainedPolicy):
         if cfg.gfdm_path is not None and not skeleton:
             gfdm = GFDMFeatureExtractor.from_pretrained(cfg.gfdm_path, dtype=dtype, **options)
         elif cfg.gfdm_unet_config is not None and cfg.gfdm_vae_config is not None:
-            gfdm = GFDMFeatureExtractor.from_configs(cfg.gfdm_unet_config, cfg.gfdm_vae_config, dtype=dtype, **options)
+            gfdm = GFDMFeatureExtractor.from_configs(
+                cfg.gfdm_unet_config, cfg.gfdm_vae_config, dtype=dtype, **options
+            )
         else:
             raise ValueError(
                 "This DeFI config records no GFDM architecture (gfdm_unet_config / gfdm_vae_config); "
@@ -207,31 +216,38 @@ class DeFIPolicy(PreTrainedPolicy):
     @classmethod
     def _load_as_safetensor(cls, model: "DeFIPolicy", model_file: str, map_location: str, strict: bool):
         """Strict, readable loading: every tensor must be present with the right shape."""
-        expected = model.state_dict()
         with safe_open(model_file, framework="pt", device=resolve_safetensors_device(map_location)) as f:
-            keys = set(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-            mismatched = [
-                f"  {k}: checkpoint {shapes[k]} vs this policy {tuple(v.shape)}"
-                for k, v in expected.items()
-                if k in keys and shapes[k] != tuple(v.shape)
-            ]
-            missing = sorted(set(expected) - keys)
-            unexpected = sorted(keys - set(expected))
-            if mismatched or missing or unexpected:
-                lines = [f"{model_file} does not match the DeFI policy built from this configuration:"]
-                if mismatched:
-                    lines += [f"{len(mismatched)} tensor(s) with another shape:", *mismatched[:20]]
-                if missing:
-                    lines.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. {missing[:5]}")
-                if unexpected:
-                    lines.append(f"{len(unexpected)} unknown tensor(s) in the checkpoint, e.g. {unexpected[:5]}")
-                lines.append(
-                    "Was it saved with another config (action dim, cameras, chunk size, image size or model "
-                    "sizes)? Load it with its own config.json."
-                )
-                raise CheckpointMismatchError("\n".join(lines))
-            state = {k: f.get_tensor(k) for k in keys}
+            stored = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        # Tied weights (e.g. T5's shared embedding) are stored once, under one of their names.
+        state = dict(stored)
+        tied: dict[int, list[str]] = {}
+        for name, tensor in model.named_parameters(remove_duplicate=False):
+            tied.setdefault(id(tensor), []).append(name)
+        for names in tied.values():
+            present = [n for n in names if n in stored]
+            for name in names if present else []:
+                state.setdefault(name, stored[present[0]])
+        expected = model.state_dict()
+        mismatched = [
+            f"  {k}: checkpoint {tuple(state[k].shape)} vs this policy {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if mismatched or missing or unexpected:
+            lines = [f"{model_file} does not match the DeFI policy built from this configuration:"]
+            if mismatched:
+                lines += [f"{len(mismatched)} tensor(s) with another shape:", *mismatched[:20]]
+            if missing:
+                lines.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. {missing[:5]}")
+            if unexpected:
+                lines.append(f"{len(unexpected)} unknown tensor(s) in the checkpoint, e.g. {unexpected[:5]}")
+            lines.append(
+                "Was it saved with another config (action dim, cameras, chunk size, image size or model sizes)? "
+                "Load it with its own config.json."
+            )
+            raise CheckpointMismatchError("\n".join(lines))
         model.load_state_dict(state, strict=True, assign=True)
         return model
 
@@ -281,7 +297,9 @@ class DeFIPolicy(PreTrainedPolicy):
         action_loss = self.action_head.loss(batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"))
         commitment_weight = self.config.gidm.commitment_weight
         loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
-        counts = torch.bincount(encoded["indices"].flatten(), minlength=self.config.gidm.codebook_size).float()
+        counts = torch.bincount(
+            encoded["indices"].flatten(), minlength=self.config.gidm.codebook_size
+        ).float()
         probabilities = counts / counts.sum()
         perplexity = torch.exp(-(probabilities * probabilities.clamp_min(1e-10).log()).sum())
         return loss, {
@@ -324,4 +342,3 @@ def _tasks(batch: dict) -> list[str]:
         images = [v for k, v in batch.items() if k.startswith("observation.images.")]
         return [tasks] * (images[0].shape[0] if images else 1)
     return [str(t) for t in tasks]
-

@@ -41,7 +41,11 @@ class DeFIImageProcessorStep(ObservationProcessorStep):
             image = observation[key]
             if image.shape[-2:] != (self.size, self.size):
                 image = F.interpolate(
-                    image.float(), size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+                    image.float(),
+                    size=(self.size, self.size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
                 )
             observation[key] = image * 2.0 - 1.0
         return observation
@@ -90,6 +94,12 @@ def make_defi_pre_post_processors(
         output_steps.append(BinarizeGripperProcessorStep(gripper_index=config.gripper_action_index))
     output_steps.append(steps.to_cpu)
     return make_policy_processor_pipelines(
-        input_steps=[steps.rename_observations, steps.add_batch_dim, steps.to_device, steps.normalize, images],
+        input_steps=[
+            steps.rename_observations,
+            steps.add_batch_dim,
+            steps.to_device,
+            steps.normalize,
+            images,
+        ],
         output_steps=output_steps,
     )

@@ -10,7 +10,12 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def tristage_factor(
-    step: int, total_steps: int, warmup_fraction: float, hold_fraction: float, initial_scale: float, final_scale: float
+    step: int,
+    total_steps: int,
+    warmup_fraction: float,
+    hold_fraction: float,
+    initial_scale: float,
+    final_scale: float,
 ) -> float:
     """Multiplier of the peak rate at ``step``: linear ``initial_scale -> 1`` over the warm-up, 1 during the
     hold, cosine ``1 -> final_scale`` over the rest, then ``final_scale``."""

@@ -1,0 +1,85 @@
+"""Helpers shared by the tests: paths, tiny DeFI configs and batches, official architecture dicts."""
+
+from pathlib import Path
+
+import torch
+from lerobot.configs.types import FeatureType, PolicyFeature
+
+from lerobot_defi.policy.configuration_defi import DeFIConfig, load_preset
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = TESTS_DIR.parent
+SHARED_DATA = REPO_DIR.parent / "shared" / "data"
+CALVIN_SLICE = TESTS_DIR / "data" / "calvin_mini_slice"
+
+CALVIN_CAMERAS = {"observation.images.static": (3, 200, 200), "observation.images.gripper": (3, 84, 84)}
+
+
+def tiny_config(
+    cameras: dict[str, tuple[int, int, int]] | None = None, action_dim: int = 7, **overrides
+) -> DeFIConfig:
+    """The tiny preset with dataset-like features (two CALVIN cameras and a 7-D action by default)."""
+    config = load_preset("tiny", **overrides)
+    cameras = CALVIN_CAMERAS if cameras is None else cameras
+    config.input_features = {key: PolicyFeature(FeatureType.VISUAL, shape) for key, shape in cameras.items()}
+    config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (action_dim,))}
+    return config
+
+
+def tiny_batch(
+    config: DeFIConfig, batch_size: int = 3, seed: int = 0, tasks: list[str] | None = None
+) -> dict:
+    """A preprocessed training batch for ``config``: images in [-1, 1] at image_size, tasks, actions."""
+    generator = torch.Generator().manual_seed(seed)
+    size = config.image_size
+    batch = {
+        key: torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1 for key in config.cameras
+    }
+    default_tasks = ["open the drawer", "push the red block to the left", "turn on the light bulb"]
+    batch["task"] = tasks or [default_tasks[i % 3] for i in range(batch_size)]
+    batch["action"] = (
+        torch.rand(batch_size, config.chunk_size, config.action_dim, generator=generator) * 2 - 1
+    )
+    batch["action_is_pad"] = torch.zeros(batch_size, config.chunk_size, dtype=torch.bool)
+    return batch
+
+
+# Official architectures (Hub configs of SVD-img2vid, CLIP ViT-B/32 text, T5-base), for meta-device size checks.
+SVD_UNET = dict(
+    addition_time_embed_dim=256,
+    block_out_channels=[320, 640, 1280, 1280],
+    cross_attention_dim=1024,
+    down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+    in_channels=8,
+    layers_per_block=2,
+    num_attention_heads=[5, 10, 20, 20],
+    num_frames=14,
+    out_channels=4,
+    projection_class_embeddings_input_dim=768,
+    sample_size=96,
+    transformer_layers_per_block=1,
+    up_block_types=["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
+)
+SVD_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    in_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    out_channels=3,
+    sample_size=768,
+)
+CLIP_B32_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    projection_dim=512,
+    hidden_act="quick_gelu",
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=1,
+)
+T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)

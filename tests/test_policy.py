@@ -1,0 +1,206 @@
+"""DeFIPolicy: official sizes, training step, action queue, save/load, processors, bad input (spec 4, 5, 9)."""
+
+import json
+
+import pytest
+import torch
+from defi_test_utils import CALVIN_CAMERAS, CLIP_B32_TEXT, SVD_UNET, SVD_VAE, T5_BASE, tiny_batch, tiny_config
+from lerobot.configs.types import FeatureType, PolicyFeature
+
+from lerobot_defi.policy.configuration_defi import DeFIConfig
+from lerobot_defi.policy.modeling_defi import CheckpointMismatchError, DeFIPolicy
+from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
+
+
+def test_official_size_policy_trainable_parameters(tmp_path):
+    """The whole official-size policy: frozen parts as meta skeletons, trainable parts real (spec 6.1)."""
+    config = DeFIConfig(
+        gfdm_path=None,
+        gfdm_unet_config=SVD_UNET,
+        gfdm_vae_config=SVD_VAE,
+        clip_text_path=None,
+        clip_text_config=CLIP_B32_TEXT,
+        t5_path=None,
+        t5_config=T5_BASE,
+        device="cpu",
+    )
+    config.input_features = {k: PolicyFeature(FeatureType.VISUAL, s) for k, s in CALVIN_CAMERAS.items()}
+    config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (7,))}
+    policy = DeFIPolicy(config, pretrained_dir=tmp_path)
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(policy.video_former) == pytest.approx(17.71e6, rel=1e-3)
+    assert count(policy.gidm_feature_proj) + policy.gidm_frame_embedding.numel() == pytest.approx(
+        2.56e6, rel=1e-3
+    )
+    assert count(policy.gidm) == pytest.approx(114.75e6, rel=1e-3)
+    assert count(policy.action_head) == pytest.approx(21.82e6, rel=1e-3)
+    trainable = sum(p.numel() for p in policy.get_optim_params())
+    assert trainable == pytest.approx(156.8e6, rel=1e-3)
+    assert policy.action_head.cross_attention_mask.shape == (10, 229)
+    assert config.gidm.num_patches == 256 and config.gidm.text_dim == 768
+    assert count(policy.gfdm.unet) == pytest.approx(1355.6e6, rel=1e-4)
+    assert all(not p.requires_grad for p in policy.gfdm.parameters())
+
+
+def test_training_step_shapes_losses_and_gradients():
+    torch.manual_seed(0)
+    policy = DeFIPolicy(tiny_config())
+    batch = tiny_batch(policy.config)
+    encoded = policy.encode_observation(batch)
+    assert encoded["context"].shape == (3, 1 + 4 * 2 + 4, 32)
+    assert encoded["indices"].shape == (3, 4)
+    loss, info = policy.forward(batch)
+    assert set(info) == {
+        "action_loss",
+        "vq_code_loss",
+        "vq_commitment_loss",
+        "codebook_usage",
+        "codebook_perplexity",
+    }
+    assert loss.item() == pytest.approx(
+        info["action_loss"] + info["vq_code_loss"] + 0.25 * info["vq_commitment_loss"], rel=1e-5
+    )
+    loss.backward()
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        n.split(".")[0]
+        in {"gidm_feature_proj", "gidm_frame_embedding", "gidm", "video_former", "action_head"}
+        for n in trainable
+    )
+    assert all(
+        p.grad is not None for n, p in policy.named_parameters() if p.requires_grad and "quantizer" not in n
+    )
+    assert all(p.grad is None for p in policy.gfdm.parameters()) and all(
+        p.grad is None for p in policy.text.parameters()
+    )
+
+
+def test_gidm_camera_and_frames_are_configurable():
+    torch.manual_seed(0)
+    config = tiny_config(
+        gidm_camera="observation.images.gripper",
+        gidm_frame_indices=(1, 3),
+        video_former_cameras=["observation.images.static"],
+    )
+    policy = DeFIPolicy(config)
+    seen = {}
+
+    def record(name, output=False):
+        def hook(module, args, out):
+            seen[name] = out if output else args[0]
+
+        return hook
+
+    policy.gidm_feature_proj.register_forward_hook(record("gidm_in"))
+    policy.video_former.register_forward_hook(record("video_in"))
+    policy.gfdm.register_forward_hook(record("features", output=True))
+    policy.encode_observation(tiny_batch(config))
+    features = seen["features"]  # (V*B, F, C, h, w) with cameras in camera order: static, gripper
+    b = 3
+    gripper = features[b:].flatten(3).transpose(2, 3)  # (B, F, N, C)
+    torch.testing.assert_close(seen["gidm_in"], gripper[:, [1, 3]])
+    static = features[:b].flatten(3).transpose(2, 3)
+    torch.testing.assert_close(seen["video_in"], static)
+
+
+def test_select_action_queue_and_instruction_change_flushes():
+    torch.manual_seed(0)
+    policy = DeFIPolicy(tiny_config(n_action_steps=4)).eval()
+    calls = []
+    policy.action_head.context_norm.register_forward_hook(lambda *a: calls.append(1))
+    batch = tiny_batch(policy.config, batch_size=1, tasks=["open the drawer"])
+    actions = [policy.select_action(batch) for _ in range(5)]
+    assert actions[0].shape == (1, 7)
+    assert len(calls) == 2  # chunk of 4 executed, then a new chunk
+    policy.select_action(tiny_batch(policy.config, batch_size=1, tasks=["close the drawer"]))
+    assert len(calls) == 3  # a new instruction flushes the queue
+    policy.reset()
+    policy.select_action(tiny_batch(policy.config, batch_size=1, tasks=["close the drawer"]))
+    assert len(calls) == 4
+
+
+def test_save_load_gives_identical_actions(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(feature_noise_seed=7)
+    policy = DeFIPolicy(config).eval()
+    batch = tiny_batch(config, batch_size=2)
+    noise = torch.randn(2, config.chunk_size, config.action_dim)
+    before = policy.predict_action_chunk(batch, noise=noise)
+    policy.save_pretrained(tmp_path / "policy")
+    saved = json.loads((tmp_path / "policy" / "config.json").read_text())
+    assert saved["type"] == "defi" and saved["gfdm_unet_config"]["block_out_channels"] == [32, 32, 64, 64]
+    loaded = DeFIPolicy.from_pretrained(tmp_path / "policy")
+    assert loaded.text.clip_tokenizer("open").input_ids == policy.text.clip_tokenizer("open").input_ids
+    after = loaded.predict_action_chunk(batch, noise=noise)
+    torch.testing.assert_close(after, before)
+    for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_checkpoint_from_another_config_fails_with_a_message(tmp_path):
+    torch.manual_seed(0)
+    DeFIPolicy(tiny_config(action_dim=7)).save_pretrained(tmp_path / "seven")
+    other = tiny_config(action_dim=2, binarize_gripper=False)
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"action_head.action_in.weight: checkpoint \(32, 7\) vs this policy \(32, 2\)",
+    ):
+        DeFIPolicy.from_pretrained(tmp_path / "seven", config=other)
+
+
+def test_bad_input_names_what_is_missing():
+    with pytest.raises(ValueError, match="at least one camera"):
+        DeFIPolicy(tiny_config(cameras={}))
+    with pytest.raises(ValueError, match=r"gidm_camera names camera\(s\) \['observation.images.left'\]"):
+        DeFIPolicy(tiny_config(gidm_camera="observation.images.left"))
+    with pytest.raises(ValueError, match="gripper_action_index"):
+        DeFIPolicy(tiny_config(action_dim=1, gripper_action_index=3))
+    policy = DeFIPolicy(tiny_config())
+    batch = tiny_batch(policy.config)
+    del batch["task"]
+    with pytest.raises(KeyError, match="instruction under 'task'"):
+        policy.forward(batch)
+    with pytest.raises(ValueError, match="gidm_frame_indices"):
+        tiny_config(gidm_frame_indices=(0, 9))
+
+
+def test_processors_resize_to_minus_one_one_and_binarize_gripper(tmp_path):
+    config = tiny_config()
+    stats = {
+        "action": {
+            "min": torch.full((7,), -2.0),
+            "max": torch.full((7,), 2.0),
+            "mean": torch.zeros(7),
+            "std": torch.ones(7),
+        }
+    }
+    pre, post = make_defi_pre_post_processors(config, dataset_stats=stats)
+    pre.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "policy_preprocessor.json").read_text())
+    names = [step.get("registry_name") for step in saved["steps"]]
+    assert names == [
+        "rename_observations_processor",
+        "to_batch_processor",
+        "device_processor",
+        "normalizer_processor",
+        "defi_image_processor",
+    ]
+    obs = {
+        "observation.images.static": torch.ones(3, 200, 200),
+        "observation.images.gripper": torch.zeros(3, 84, 84),
+        "task": "open the drawer",
+    }
+    out = pre(obs)
+    assert out["observation.images.static"].shape == (1, 3, 64, 64)
+    assert torch.allclose(out["observation.images.static"], torch.ones(1)) and torch.allclose(
+        out["observation.images.gripper"], -torch.ones(1)
+    )
+    action = post(torch.tensor([[0.5, -0.5, 0.0, 0.1, 0.2, 0.3, 0.2]]))
+    torch.testing.assert_close(
+        action[0, :6], torch.tensor([1.0, -1.0, 0.0, 0.2, 0.4, 0.6])
+    )  # min-max [-2, 2]
+    assert action[0, 6].item() == 1.0
+    assert post(torch.tensor([[0.0] * 6 + [-0.3]]))[0, 6].item() == -1.0
