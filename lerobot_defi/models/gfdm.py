@@ -134,6 +134,10 @@ class GFDMFeatureExtractor(nn.Module):
         return self.unet.conv_in.weight.dtype
 
     @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
     def latent_downsample(self) -> int:
         """Image pixels per latent pixel (8 for SVD's VAE)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -152,14 +156,22 @@ class GFDMFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, images: Tensor, text_context: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        text_context: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
+        """``noise`` (N, F, 4, h, w): the unit-variance noise half of the UNet input; drawn (with ``generator``)
+        when not given."""
         with torch.autocast(images.device.type, enabled=False):
             condition = self.encode_condition(images)  # (N, 4, h, w)
             n, c, h, w = condition.shape
-            noise = torch.randn(
-                (n, self.num_frames, c, h, w), generator=generator, device=images.device, dtype=torch.float32
-            ).to(self.dtype)
+            if noise is None:
+                noise = torch.randn(
+                    (n, self.num_frames, c, h, w), generator=generator, device=images.device, dtype=torch.float32
+                )
+            noise = noise.to(self.dtype)
             sample = torch.cat([noise, condition[:, None].expand(-1, self.num_frames, -1, -1, -1)], dim=2)
             timestep = torch.full((n,), math.log(self.feature_sigma) / 4.0, device=images.device)
             taps = self._truncated_unet(sample, timestep, text_context.to(self.dtype))

@@ -146,6 +146,9 @@ class InstructionEncoders(nn.Module):
         self.context_length = context_length
         self.goal_length = goal_length
         self.cache_size = cache_size
+        # T5 tokens are padded to the longest instruction of the batch, rounded up to this multiple (padding is
+        # masked, so results do not change; a multiple > 1 keeps shapes static for compiled code).
+        self.pad_to_multiple_of = 1
         self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor | None]] = OrderedDict()
 
     def train(self, mode: bool = True):
@@ -203,8 +206,9 @@ class InstructionEncoders(nn.Module):
         if self.t5 is None:
             return InstructionEmbeddings(clip_hidden, clip_pooled, None, None)
         lengths = [e[2].shape[0] for e in entries]
-        t5_hidden = clip_hidden.new_zeros(len(texts), max(lengths), entries[0][2].shape[-1])
-        t5_mask = torch.zeros(len(texts), max(lengths), dtype=torch.bool, device=clip_hidden.device)
+        padded = -(-max(lengths) // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        t5_hidden = clip_hidden.new_zeros(len(texts), padded, entries[0][2].shape[-1])
+        t5_mask = torch.zeros(len(texts), padded, dtype=torch.bool, device=clip_hidden.device)
         for i, (entry, n) in enumerate(zip(entries, lengths)):
             t5_hidden[i, :n] = entry[2]
             t5_mask[i, :n] = True

@@ -101,6 +101,10 @@ class DeFIConfig(PreTrainedConfig):
     optimizer_grad_clip_norm: float = 0.0
     # "constant": the official effective schedule (spec 8 item 1); "tristage": the intended one.
     lr_schedule: str = "constant"
+    # torch.compile mode for the GPU-heavy modules (GFDM pass, Video Former, GIDM, action head), e.g.
+    # "reduce-overhead" (CUDA graphs) or "default"; None runs eagerly. Numerics are unchanged up to float
+    # rounding (tests/test_fast_paths.py).
+    compile_mode: str | None = None
     # Mixed precision of the trainable parts under lerobot-train (bfloat16 | float16 | float32); None leaves it
     # to accelerate's own setting.
     dtype: str | None = None

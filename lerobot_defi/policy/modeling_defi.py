@@ -98,7 +98,19 @@ class DeFIPolicy(PreTrainedPolicy):
         self.gidm_load_report: dict | None = None
         if gidm_model is not None:
             self.gidm_load_report = self.load_gidm_encoder(gidm_model, source=config.gidm_path)
+        if config.compile_mode:
+            self.compile_modules(config.compile_mode)
         self.reset()
+
+    def compile_modules(self, mode: str = "reduce-overhead") -> None:
+        """``torch.compile`` the GPU-heavy modules in place (parameter names unchanged) and pad instruction
+        tokens to fixed buckets so shapes stay static between instructions."""
+        self.text.pad_to_multiple_of = 16
+        for module in (self.gfdm, self.video_former, self.gidm):
+            module.compile(mode=mode, dynamic=False)
+        head = self.action_head
+        head.encode_context = torch.compile(head.encode_context, mode=mode, dynamic=False)
+        head.denoiser_output = torch.compile(head.denoiser_output, mode=mode, dynamic=False)
 
     # --- construction ---------------------------------------------------------------------------------------
     def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
@@ -263,24 +275,48 @@ class DeFIPolicy(PreTrainedPolicy):
     def encode_observation(self, batch: dict[str, Tensor | list[str]]) -> dict[str, Tensor]:
         """Everything up to the action head's context: ``context (B, 1 + F*Q + K, D)``, the GIDM's
         ``indices (B, K)`` and VQ losses."""
-        cfg = self.config
-        tasks = _tasks(batch)
-        instructions = self.text(tasks)
-        cameras = cfg.gfdm_camera_keys
-        images = torch.cat([batch[key] for key in cameras], dim=0)  # (V*B, 3, H, W)
-        context = text_context_from_clip(instructions.clip_hidden, self.gfdm.cross_attention_dim)
+        instructions = self.text(_tasks(batch))
+        images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)  # (V*B, 3, H, W)
+        return self._encode(
+            images,
+            self._feature_noise(images),
+            instructions.clip_hidden,
+            instructions.clip_pooled,
+            instructions.t5_hidden,
+            instructions.t5_mask,
+        )
+
+    def _feature_noise(self, images: Tensor) -> Tensor:
+        """Noise half of the GFDM input ``(V*B, F, 4, h, w)``: fresh each call (official) or seeded."""
         generator = None
-        if cfg.feature_noise_seed is not None:
-            generator = torch.Generator(images.device).manual_seed(cfg.feature_noise_seed)
-        features = self.gfdm(images, context.repeat(len(cameras), 1, 1), generator=generator)
+        if self.config.feature_noise_seed is not None:
+            generator = torch.Generator(images.device).manual_seed(self.config.feature_noise_seed)
+        latent = self.config.image_size // self.gfdm.latent_downsample
+        shape = (images.shape[0], self.config.gfdm_num_frames, self.gfdm.latent_channels, latent, latent)
+        return torch.randn(shape, generator=generator, device=images.device)
+
+    def _encode(
+        self,
+        images: Tensor,
+        feature_noise: Tensor,
+        clip_hidden: Tensor,
+        clip_pooled: Tensor,
+        t5_hidden: Tensor,
+        t5_mask: Tensor,
+    ) -> dict[str, Tensor]:
+        """Tensor-only part of :meth:`encode_observation` (images of all GFDM cameras stacked on the batch)."""
+        cfg = self.config
+        cameras = cfg.gfdm_camera_keys
+        context = text_context_from_clip(clip_hidden, self.gfdm.cross_attention_dim)
+        features = self.gfdm(images, context.repeat(len(cameras), 1, 1), noise=feature_noise)
         tokens = rearrange(features, "(v b) f c h w -> v b f (h w) c", v=len(cameras))
         video_in = torch.cat([tokens[cameras.index(k)] for k in cfg.video_former_camera_keys], dim=2)
         video_tokens = self.video_former(video_in)  # (B, F*Q, D)
         frames = tokens[cameras.index(cfg.gidm_camera_key)][:, list(cfg.gidm_frame_indices)]  # (B, 2, N, C)
         gidm_in = self.gidm_feature_proj(frames) + self.gidm_frame_embedding
-        gidm = self.gidm(gidm_in, instructions.t5_hidden, instructions.t5_mask)
+        gidm = self.gidm(gidm_in, t5_hidden, t5_mask)
         action_context = self.action_head.encode_context(
-            instructions.clip_pooled[:, None], video_tokens, gidm["latent_action_tokens"]
+            clip_pooled[:, None], video_tokens, gidm["latent_action_tokens"]
         )
         return {
             "context": action_context,

@@ -1,0 +1,128 @@
+"""End to end through LeRobot's own CLIs, offline on the CPU, with the tiny preset:
+
+* real CALVIN frames -> LeRobotDataset (our converter) -> ``lerobot-train`` a few hundred steps with the loss
+  going down -> checkpoint -> ``DeFIPolicy.from_pretrained`` -> ``select_action`` through the saved processors;
+* PushT-shaped data recorded from the real gym_pusht env -> ``lerobot-train`` -> ``lerobot-eval --env.type=pusht``.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from defi_test_utils import REPO_DIR
+
+from lerobot_defi.policy.modeling_defi import DeFIPolicy
+
+BIN = Path(sys.executable).parent
+TINY = REPO_DIR / "configs" / "defi_tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_LEROBOT_HOME": str(cwd / "lerobot_home"), "WANDB_MODE": "disabled"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args[:2])} failed ({result.returncode}):\n{output[-6000:]}")
+    return output
+
+
+def logged_losses(output: str) -> list[float]:
+    return [float(v) for v in re.findall(r"step:\S+ .*? loss:([0-9.]+)", output)]
+
+
+def test_train_on_real_calvin_frames_then_load_and_act(tmp_path, calvin_slice):
+    from lerobot_defi.conversions.calvin import convert_calvin
+
+    root = convert_calvin(calvin_slice / "training", "local/calvin_slice", root=tmp_path / "dataset")
+    output = run_cli(
+        [str(BIN / "lerobot-train"), f"--config_path={TINY}", "--dataset.repo_id=local/calvin_slice",
+         f"--dataset.root={root}", f"--output_dir={tmp_path / 'run'}", "--steps=300", "--log_freq=50",
+         "--save_freq=300", "--dataset.video_backend=pyav"],
+        tmp_path,
+    )
+    losses = logged_losses(output)
+    assert len(losses) == 6, output[-3000:]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+
+    checkpoint = tmp_path / "run" / "checkpoints" / "000300" / "pretrained_model"
+    for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
+        assert (checkpoint / name).is_file(), name
+    policy = DeFIPolicy.from_pretrained(checkpoint)
+    from lerobot.configs import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    pre, post = make_pre_post_processors(PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint)
+    frame = np.load(next(iter(sorted((calvin_slice / "training").glob("episode_*.npz")))))
+    observation = {
+        "observation.images.static": torch.from_numpy(frame["rgb_static"]).permute(2, 0, 1).float() / 255,
+        "observation.images.gripper": torch.from_numpy(frame["rgb_gripper"]).permute(2, 0, 1).float() / 255,
+        "observation.state": torch.from_numpy(frame["robot_obs"]).float(),
+        "task": "open the drawer",
+    }
+    action = post(policy.select_action(pre(observation)))
+    assert action.shape == (1, 7) and torch.isfinite(action).all()
+    assert action[0, -1].item() in (-1.0, 1.0)  # gripper binarised by the saved postprocessor
+
+
+def record_pusht_dataset(root: Path, episodes: int = 2, steps: int = 30) -> None:
+    """A small LeRobotDataset recorded from the real gym_pusht env with a scripted wandering agent."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("gym_pusht", reason="lerobot[pusht] is needed for the PushT test")
+    from lerobot.datasets import LeRobotDataset
+
+    env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", render_mode="rgb_array")
+    features = {
+        "observation.image": {"dtype": "video", "shape": (96, 96, 3), "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": None},
+        "action": {"dtype": "float32", "shape": (2,), "names": None},
+    }
+    dataset = LeRobotDataset.create("local/pusht_recorded", fps=10, features=features, root=root, use_videos=True)
+    rng = np.random.default_rng(0)
+    for episode in range(episodes):
+        observation, _ = env.reset(seed=episode)
+        for t in range(steps):
+            if t % 10 == 0:
+                target = rng.uniform(100, 400, size=2)
+            action = observation["agent_pos"] + np.clip(target - observation["agent_pos"], -30, 30)
+            dataset.add_frame(
+                {
+                    "observation.image": observation["pixels"],
+                    "observation.state": observation["agent_pos"].astype(np.float32),
+                    "action": action.astype(np.float32),
+                    "task": "Push the T-shaped block onto the T-shaped target.",
+                }
+            )
+            observation, *_ = env.step(action)
+        dataset.save_episode()
+    dataset.finalize()
+    env.close()
+
+
+def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
+    record_pusht_dataset(tmp_path / "pusht")
+    run_cli(
+        [str(BIN / "lerobot-train"), f"--config_path={TINY}", "--dataset.repo_id=local/pusht_recorded",
+         f"--dataset.root={tmp_path / 'pusht'}", f"--output_dir={tmp_path / 'run'}", "--steps=10", "--log_freq=5",
+         "--save_freq=10", "--policy.binarize_gripper=false", "--dataset.video_backend=pyav"],
+        tmp_path,
+    )
+    checkpoint = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
+    run_cli(
+        [str(BIN / "lerobot-eval"), f"--policy.path={checkpoint}", "--env.type=pusht", "--env.episode_length=20",
+         "--eval.n_episodes=2", "--eval.batch_size=2", "--eval.use_async_envs=false", "--policy.device=cpu",
+         f"--output_dir={tmp_path / 'eval'}"],
+        tmp_path,
+    )
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    overall = info["overall"]
+    assert overall["n_episodes"] == 2
+    assert len(overall["video_paths"]) == 2 and all(Path(p).is_file() for p in overall["video_paths"])
+    assert np.isfinite(overall["avg_sum_reward"])
