@@ -25,7 +25,12 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_LEROBOT_HOME": str(cwd / "lerobot_home"), "WANDB_MODE": "disabled"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_LEROBOT_HOME": str(cwd / "lerobot_home"),
+        "WANDB_MODE": "disabled",
+    }
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     if result.returncode != 0:
@@ -42,9 +47,17 @@ def test_train_on_real_calvin_frames_then_load_and_act(tmp_path, calvin_slice):
 
     root = convert_calvin(calvin_slice / "training", "local/calvin_slice", root=tmp_path / "dataset")
     output = run_cli(
-        [str(BIN / "lerobot-train"), f"--config_path={TINY}", "--dataset.repo_id=local/calvin_slice",
-         f"--dataset.root={root}", f"--output_dir={tmp_path / 'run'}", "--steps=300", "--log_freq=50",
-         "--save_freq=300", "--dataset.video_backend=pyav"],
+        [
+            str(BIN / "lerobot-train"),
+            f"--config_path={TINY}",
+            "--dataset.repo_id=local/calvin_slice",
+            f"--dataset.root={root}",
+            f"--output_dir={tmp_path / 'run'}",
+            "--steps=300",
+            "--log_freq=50",
+            "--save_freq=300",
+            "--dataset.video_backend=pyav",
+        ],
         tmp_path,
     )
     losses = logged_losses(output)
@@ -59,7 +72,9 @@ def test_train_on_real_calvin_frames_then_load_and_act(tmp_path, calvin_slice):
     from lerobot.configs import PreTrainedConfig
     from lerobot.policies.factory import make_pre_post_processors
 
-    pre, post = make_pre_post_processors(PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint)
+    pre, post = make_pre_post_processors(
+        PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint
+    )
     frame = np.load(next(iter(sorted((calvin_slice / "training").glob("episode_*.npz")))))
     observation = {
         "observation.images.static": torch.from_numpy(frame["rgb_static"]).permute(2, 0, 1).float() / 255,
@@ -80,11 +95,17 @@ def record_pusht_dataset(root: Path, episodes: int = 2, steps: int = 30) -> None
 
     env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", render_mode="rgb_array")
     features = {
-        "observation.image": {"dtype": "video", "shape": (96, 96, 3), "names": ["height", "width", "channels"]},
+        "observation.image": {
+            "dtype": "video",
+            "shape": (96, 96, 3),
+            "names": ["height", "width", "channels"],
+        },
         "observation.state": {"dtype": "float32", "shape": (2,), "names": None},
         "action": {"dtype": "float32", "shape": (2,), "names": None},
     }
-    dataset = LeRobotDataset.create("local/pusht_recorded", fps=10, features=features, root=root, use_videos=True)
+    dataset = LeRobotDataset.create(
+        "local/pusht_recorded", fps=10, features=features, root=root, use_videos=True
+    )
     rng = np.random.default_rng(0)
     for episode in range(episodes):
         observation, _ = env.reset(seed=episode)
@@ -109,16 +130,33 @@ def record_pusht_dataset(root: Path, episodes: int = 2, steps: int = 30) -> None
 def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
     record_pusht_dataset(tmp_path / "pusht")
     run_cli(
-        [str(BIN / "lerobot-train"), f"--config_path={TINY}", "--dataset.repo_id=local/pusht_recorded",
-         f"--dataset.root={tmp_path / 'pusht'}", f"--output_dir={tmp_path / 'run'}", "--steps=10", "--log_freq=5",
-         "--save_freq=10", "--policy.binarize_gripper=false", "--dataset.video_backend=pyav"],
+        [
+            str(BIN / "lerobot-train"),
+            f"--config_path={TINY}",
+            "--dataset.repo_id=local/pusht_recorded",
+            f"--dataset.root={tmp_path / 'pusht'}",
+            f"--output_dir={tmp_path / 'run'}",
+            "--steps=10",
+            "--log_freq=5",
+            "--save_freq=10",
+            "--policy.binarize_gripper=false",
+            "--dataset.video_backend=pyav",
+        ],
         tmp_path,
     )
     checkpoint = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
     run_cli(
-        [str(BIN / "lerobot-eval"), f"--policy.path={checkpoint}", "--env.type=pusht", "--env.episode_length=20",
-         "--eval.n_episodes=2", "--eval.batch_size=2", "--eval.use_async_envs=false", "--policy.device=cpu",
-         f"--output_dir={tmp_path / 'eval'}"],
+        [
+            str(BIN / "lerobot-eval"),
+            f"--policy.path={checkpoint}",
+            "--env.type=pusht",
+            "--env.episode_length=20",
+            "--eval.n_episodes=2",
+            "--eval.batch_size=2",
+            "--eval.use_async_envs=false",
+            "--policy.device=cpu",
+            f"--output_dir={tmp_path / 'eval'}",
+        ],
         tmp_path,
     )
     info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())

@@ -42,7 +42,9 @@ def test_context_once_per_chunk_equals_context_every_step():
 
 def test_instruction_cache_and_token_buckets_do_not_change_actions():
     policy = make_policy(feature_noise_seed=3)
-    batch = tiny_batch(policy.config, batch_size=3, tasks=["open the drawer", "lift the red block from the table", "go"])
+    batch = tiny_batch(
+        policy.config, batch_size=3, tasks=["open the drawer", "lift the red block from the table", "go"]
+    )
     noise = torch.randn(3, 10, 7)
     with torch.no_grad():
         first = policy.predict_action_chunk(batch, noise=noise)  # fills the cache
@@ -78,10 +80,15 @@ def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
     reference = make_policy(feature_noise_seed=3, device="cuda").cuda()
-    fast = make_policy(feature_noise_seed=3, device="cuda", gfdm_dtype="bfloat16", compile_mode="reduce-overhead")
+    fast = make_policy(
+        feature_noise_seed=3, device="cuda", gfdm_dtype="bfloat16", compile_mode="reduce-overhead"
+    )
     fast.load_state_dict(reference.state_dict())
     fast = fast.cuda()
-    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in tiny_batch(reference.config, batch_size=2).items()}
+    batch = {
+        k: v.cuda() if torch.is_tensor(v) else v
+        for k, v in tiny_batch(reference.config, batch_size=2).items()
+    }
     noise = torch.randn(2, 10, 7, device="cuda")
     with torch.no_grad():
         expected = reference.predict_action_chunk(batch, noise=noise)

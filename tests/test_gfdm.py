@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 from accelerate import init_empty_weights
-from defi_test_utils import SVD_UNET, SVD_VAE
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor, check_gfdm_folder, text_context_from_clip
+from lerobot_defi.models.reference_architectures import SVD_UNET, SVD_VAE
 from lerobot_defi.policy.configuration_defi import load_preset
 
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
-from defi_test_utils import CALVIN_CAMERAS, CLIP_B32_TEXT, SVD_UNET, SVD_VAE, T5_BASE, tiny_batch, tiny_config
+from defi_test_utils import CALVIN_CAMERAS, tiny_batch, tiny_config
 from lerobot.configs.types import FeatureType, PolicyFeature
 
+from lerobot_defi.models.reference_architectures import official_random_config_overrides
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.modeling_defi import CheckpointMismatchError, DeFIPolicy
 from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
@@ -14,16 +15,7 @@ from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
 
 def test_official_size_policy_trainable_parameters(tmp_path):
     """The whole official-size policy: frozen parts as meta skeletons, trainable parts real (spec 6.1)."""
-    config = DeFIConfig(
-        gfdm_path=None,
-        gfdm_unet_config=SVD_UNET,
-        gfdm_vae_config=SVD_VAE,
-        clip_text_path=None,
-        clip_text_config=CLIP_B32_TEXT,
-        t5_path=None,
-        t5_config=T5_BASE,
-        device="cpu",
-    )
+    config = DeFIConfig(device="cpu", **official_random_config_overrides())
     config.input_features = {k: PolicyFeature(FeatureType.VISUAL, s) for k, s in CALVIN_CAMERAS.items()}
     config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (7,))}
     policy = DeFIPolicy(config, pretrained_dir=tmp_path)
