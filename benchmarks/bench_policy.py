@@ -252,6 +252,8 @@ def main() -> None:
         args.tiny, device, gfdm_dtype=args.frozen_dtype if device.startswith("cuda") else "float32"
     )
     report("setup", "build_s", round(time.perf_counter() - t0, 1))
+    if args.compile_mode:
+        fast.compile_modules(args.compile_mode)
     report("setup", "trainable_M", round(sum(p.numel() for p in fast.get_optim_params()) / 1e6, 2))
     report("setup", "total_M", round(sum(p.numel() for p in fast.parameters()) / 1e6, 1))
 
@@ -271,8 +273,6 @@ def main() -> None:
             report("inference_reference", f"batch{batch_size}_p90_ms", round(p90, 2))
             report("inference_reference", f"batch{batch_size}_peak_GiB", round(peak_memory_gib(device), 2))
         fast.eval()
-        if args.compile_mode:
-            fast.compile_modules(args.compile_mode)
         for batch_size in (1, 8):
             batch = make_batch(fast.config, batch_size, device)
             reset_peak(device)

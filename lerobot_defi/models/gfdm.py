@@ -169,7 +169,10 @@ class GFDMFeatureExtractor(nn.Module):
             n, c, h, w = condition.shape
             if noise is None:
                 noise = torch.randn(
-                    (n, self.num_frames, c, h, w), generator=generator, device=images.device, dtype=torch.float32
+                    (n, self.num_frames, c, h, w),
+                    generator=generator,
+                    device=images.device,
+                    dtype=torch.float32,
                 )
             noise = noise.to(self.dtype)
             sample = torch.cat([noise, condition[:, None].expand(-1, self.num_frames, -1, -1, -1)], dim=2)

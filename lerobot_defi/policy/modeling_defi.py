@@ -96,6 +96,7 @@ class DeFIPolicy(PreTrainedPolicy):
             context_length=1 + video_tokens + config.gidm.num_latent_tokens,
         )
         self.gidm_load_report: dict | None = None
+        self._compiled_sample = None
         if gidm_model is not None:
             self.gidm_load_report = self.load_gidm_encoder(gidm_model, source=config.gidm_path)
         if config.compile_mode:
@@ -103,14 +104,16 @@ class DeFIPolicy(PreTrainedPolicy):
         self.reset()
 
     def compile_modules(self, mode: str = "reduce-overhead") -> None:
-        """``torch.compile`` the GPU-heavy modules in place (parameter names unchanged) and pad instruction
-        tokens to fixed buckets so shapes stay static between instructions."""
+        """``torch.compile`` for speed; parameter names and results are unchanged.
+
+        Inference compiles the whole tensor path of a chunk (GFDM pass, Video Former, GIDM, context, the
+        10 solver steps) as one function with ``mode`` (``"reduce-overhead"`` adds CUDA graphs). Training
+        compiles the frozen GFDM pass (the dominant cost) without CUDA graphs. Instruction tokens are padded to
+        buckets of 16 so shapes stay static across instructions (padding is masked out).
+        """
         self.text.pad_to_multiple_of = 16
-        for module in (self.gfdm, self.video_former, self.gidm):
-            module.compile(mode=mode, dynamic=False)
-        head = self.action_head
-        head.encode_context = torch.compile(head.encode_context, mode=mode, dynamic=False)
-        head.denoiser_output = torch.compile(head.denoiser_output, mode=mode, dynamic=False)
+        self._compiled_sample = torch.compile(self._sample_chunk, mode=mode, dynamic=False)
+        self.gfdm.compile(mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False)
 
     # --- construction ---------------------------------------------------------------------------------------
     def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
@@ -349,7 +352,28 @@ class DeFIPolicy(PreTrainedPolicy):
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
         """Sample a chunk ``(B, chunk_size, action_dim)``; ``noise`` optional standard normal of that shape."""
-        context = self.encode_observation(batch)["context"]
+        instructions = self.text(_tasks(batch))
+        images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)
+        if noise is None:
+            b = images.shape[0] // len(self.config.gfdm_camera_keys)
+            noise = torch.randn(b, self.config.chunk_size, self.config.action_dim, device=images.device)
+        inputs = (
+            images,
+            self._feature_noise(images),
+            instructions.clip_hidden,
+            instructions.clip_pooled,
+            instructions.t5_hidden,
+            instructions.t5_mask,
+            noise,
+        )
+        if self._compiled_sample is None or self.training:
+            return self._sample_chunk(*inputs)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled_sample(*inputs).clone()  # CUDA-graph outputs are reused by the next replay
+
+    def _sample_chunk(self, images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, noise) -> Tensor:
+        """Tensor-only inference path: context once, then the solver (compiled by :meth:`compile_modules`)."""
+        context = self._encode(images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask)["context"]
         return self.action_head.sample(context, noise=noise)
 
     @torch.no_grad()
