@@ -122,7 +122,10 @@ LAM_DECODER_RULES = (
     ("lam.decoder.ffn.1", "decoder.input_projection.1"),
     ("lam.decoder.ffn.2", "decoder.input_projection.2"),
     *(
-        (f"lam.decoder.transformer_blocks.{{i}}.spatial_attn.{t}", f"decoder.blocks.{{i}}.spatial_attention.{o}")
+        (
+            f"lam.decoder.transformer_blocks.{{i}}.spatial_attn.{t}",
+            f"decoder.blocks.{{i}}.spatial_attention.{o}",
+        )
         for t, o in _LAM_ATTENTION
     ),
     ("lam.decoder.transformer_blocks.{i}.ffn.0", "decoder.blocks.{i}.mlp.0"),
@@ -149,11 +152,11 @@ OPENAI_CLIP_COPY = {
     "text.clip's projected pooled output gives the goal token (spec 8 item 16)",
 }
 STAGE2_ONLY = {
-    "lam.dino_encoder.": "frozen DINOv2 of GIDM pretraining; our GIDM takes patch features as input (spec 3.1)",
-    "lam.text_encoder.": "frozen T5; our GIDM takes T5 states as input and the policy holds T5 as text.t5",
+    "lam.dino_encoder.": "not part of our GIDM: the frozen DINOv2 of pretraining; ours takes patch features (spec 3.1)",
+    "lam.text_encoder.": "not part of our GIDM: the frozen T5; ours takes T5 states (the policy holds T5 as text.t5)",
 }
 # Non-persistent index buffers that older transformers versions wrote into state dicts.
-INDEX_BUFFERS = {"position_ids": "index buffer, rebuilt by transformers"}
+INDEX_BUFFERS = {"position_ids": "index buffer: rebuilt by transformers"}
 
 
 def policy_rules() -> tuple[tuple[str, str], ...]:
@@ -239,7 +242,7 @@ def stage3_keymap(text_encoders_from_checkpoint: bool = True) -> KeyMap:
     if text_encoders_from_checkpoint:
         subtrees = (CLIP_TEXT_SUBTREE, T5_SUBTREE)
     else:
-        reason = "text encoder taken from its pretrained id instead (--text-encoders pretrained)"
+        reason = "replaced: text encoder taken from its pretrained id (--text-encoders pretrained)"
         skips |= {CLIP_TEXT_SUBTREE[0]: reason, T5_SUBTREE[0]: reason}
     return KeyMap(policy_rules(), subtrees, skips)
 
@@ -255,13 +258,14 @@ def stage2_keymap() -> KeyMap:
 class KeyMapResult:
     """Outcome of :func:`map_state_dict`: ``state`` holds our names -> official tensors (cast to our dtype);
     ``sources`` our name -> official name; ``skipped`` official name -> reason; ``unused`` official name ->
-    why it could not be used; ``shape_mismatches`` readable lines; ``missing`` our names left unfilled."""
+    why it could not be used; ``shape_mismatches`` (official name, our name, official shape, our shape);
+    ``missing`` our names left unfilled (including those whose official tensor had another shape)."""
 
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     unused: dict[str, str] = field(default_factory=dict)
-    shape_mismatches: list[str] = field(default_factory=list)
+    shape_mismatches: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -274,8 +278,16 @@ class KeyMapResult:
             "skipped_tensors_by_reason": reasons,
             "unused_official_tensors": dict(self.unused),
             "missing_tensors": list(self.missing),
-            "shape_mismatches": list(self.shape_mismatches),
+            "shape_mismatches": self.shape_mismatch_lines(),
         }
+
+    def shape_mismatch_lines(self) -> list[str]:
+        return [f"{a} {s} -> {b} expects {t}" for a, b, s, t in self.shape_mismatches]
+
+    def absent(self) -> list[str]:
+        """Our names left unfilled because no official tensor (of any shape) was provided for them."""
+        mismatched = {ours for _, ours, _, _ in self.shape_mismatches}
+        return [name for name in self.missing if name not in mismatched]
 
 
 def map_state_dict(
@@ -308,9 +320,7 @@ def map_state_dict(
             continue
         target = expected[ours]
         if tuple(tensor.shape) != tuple(target.shape):
-            result.shape_mismatches.append(
-                f"{name} {tuple(tensor.shape)} -> {ours} expects {tuple(target.shape)}"
-            )
+            result.shape_mismatches.append((name, ours, tuple(tensor.shape), tuple(target.shape)))
             continue
         result.state[ours] = tensor if tensor.dtype == target.dtype else tensor.to(target.dtype)
         result.sources[ours] = name
