@@ -90,8 +90,7 @@ class ReferenceSampler:
     def __call__(self, batch: dict) -> torch.Tensor:
         policy, head = self.policy, self.head
         policy.text.clear_cache()  # the official code re-runs its three text encoders at every chunk
-        instructions = policy.text(batch["task"])
-        images = torch.cat([batch[key] for key in policy.config.gfdm_camera_keys], dim=0)
+        inputs = policy._tensor_inputs(batch)
         # Everything but the context encoder, once (as officially): features, Video Former, GIDM.
         captured = {}
         original = head.encode_context
@@ -102,14 +101,7 @@ class ReferenceSampler:
 
         head.encode_context = record
         try:
-            policy._encode(
-                images,
-                policy._feature_noise(images),
-                instructions.clip_hidden,
-                instructions.clip_pooled,
-                instructions.t5_hidden,
-                instructions.t5_mask,
-            )
+            policy._encode(*inputs)
         finally:
             head.encode_context = original
 
@@ -117,8 +109,9 @@ class ReferenceSampler:
             context = original(*captured["inputs"])
             return head.denoise(x, sigma.expand(x.shape[0]), context)
 
-        sigmas = head.inference_sigmas(images.device)
-        noise = torch.randn(len(batch["task"]), head.chunk_size, head.action_dim, device=images.device)
+        device = inputs[0].device
+        sigmas = head.inference_sigmas(device)
+        noise = torch.randn(len(batch["task"]), head.chunk_size, head.action_dim, device=device)
         return sample_first_order(denoiser, noise * sigmas[0], sigmas)
 
 

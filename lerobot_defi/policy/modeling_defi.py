@@ -278,9 +278,14 @@ class DeFIPolicy(PreTrainedPolicy):
     def encode_observation(self, batch: dict[str, Tensor | list[str]]) -> dict[str, Tensor]:
         """Everything up to the action head's context: ``context (B, 1 + F*Q + K, D)``, the GIDM's
         ``indices (B, K)`` and VQ losses."""
+        return self._encode(*self._tensor_inputs(batch))
+
+    def _tensor_inputs(self, batch: dict) -> tuple[Tensor, ...]:
+        """``(images (V*B, 3, H, W), feature noise, CLIP context, CLIP goal, T5 tokens, T5 mask)`` of a batch;
+        the instructions come from the per-string cache."""
         instructions = self.text(_tasks(batch))
-        images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)  # (V*B, 3, H, W)
-        return self._encode(
+        images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)
+        return (
             images,
             self._feature_noise(images),
             instructions.clip_hidden,
@@ -352,20 +357,11 @@ class DeFIPolicy(PreTrainedPolicy):
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
         """Sample a chunk ``(B, chunk_size, action_dim)``; ``noise`` optional standard normal of that shape."""
-        instructions = self.text(_tasks(batch))
-        images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)
+        inputs = self._tensor_inputs(batch)
         if noise is None:
-            b = images.shape[0] // len(self.config.gfdm_camera_keys)
-            noise = torch.randn(b, self.config.chunk_size, self.config.action_dim, device=images.device)
-        inputs = (
-            images,
-            self._feature_noise(images),
-            instructions.clip_hidden,
-            instructions.clip_pooled,
-            instructions.t5_hidden,
-            instructions.t5_mask,
-            noise,
-        )
+            shape = (inputs[3].shape[0], self.config.chunk_size, self.config.action_dim)
+            noise = torch.randn(shape, device=inputs[0].device)
+        inputs = (*inputs, noise)
         if self._compiled_sample is None or self.training:
             return self._sample_chunk(*inputs)
         torch.compiler.cudagraph_mark_step_begin()
