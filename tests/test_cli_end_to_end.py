@@ -164,3 +164,32 @@ def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
     assert overall["n_episodes"] == 2
     assert len(overall["video_paths"]) == 2 and all(Path(p).is_file() for p in overall["video_paths"])
     assert np.isfinite(overall["avg_sum_reward"])
+
+
+def test_two_process_ddp_training_on_cpu(tmp_path):
+    """`torchrun --nproc_per_node=2 lerobot-train` (DDP over gloo): both ranks train, rank 0 alone checkpoints."""
+    record_pusht_dataset(tmp_path / "pusht", episodes=2, steps=20)
+    output = run_cli(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(BIN / "lerobot-train"),
+            f"--config_path={TINY}",
+            "--dataset.repo_id=local/pusht_recorded",
+            f"--dataset.root={tmp_path / 'pusht'}",
+            f"--output_dir={tmp_path / 'run'}",
+            "--steps=4",
+            "--log_freq=2",
+            "--save_freq=4",
+            "--batch_size=2",
+            "--policy.binarize_gripper=false",
+            "--dataset.video_backend=pyav",
+        ],
+        tmp_path,
+    )
+    assert "Effective batch size: 2 x 2 = 4" in output
+    assert len(logged_losses(output)) == 2  # logged once (main process), not once per rank
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["000004", "last"]
+    DeFIPolicy.from_pretrained(tmp_path / "run" / "checkpoints" / "last" / "pretrained_model")
