@@ -33,15 +33,17 @@ class CodebookMonitor:
         self.since_reset = torch.zeros(codebook_size, dtype=torch.long)
 
     def update(self, indices: Tensor) -> None:
-        """``indices (B, K)`` of one step on this process."""
-        counts = torch.bincount(indices.detach().flatten().cpu(), minlength=len(self.window))
+        """``indices (B, K)`` of one step on this process (counted on their device: no host sync)."""
+        counts = torch.bincount(indices.detach().flatten(), minlength=len(self.window))
+        if self.window.device != counts.device:
+            self.window, self.since_reset = self.window.to(counts.device), self.since_reset.to(counts.device)
         self.window += counts
         self.since_reset += counts
 
     def window_stats(self, window_counts: Tensor | None = None) -> dict[str, float]:
         """Fraction of codes used and perplexity since the last call (pass all-process counts when
         distributed); clears the window."""
-        counts = self.window if window_counts is None else window_counts.cpu()
+        counts = (self.window if window_counts is None else window_counts).cpu()
         stats = {
             "codebook_usage": float((counts > 0).float().mean()),
             "codebook_perplexity": codebook_perplexity(counts),
@@ -61,8 +63,8 @@ class CodebookMonitor:
         return replaced
 
     def state_dict(self) -> dict:
-        return {"window": self.window.clone(), "since_reset": self.since_reset.clone()}
+        return {"window": self.window.cpu().clone(), "since_reset": self.since_reset.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.window.copy_(state["window"])
-        self.since_reset.copy_(state["since_reset"])
+        self.window.copy_(torch.as_tensor(state["window"]))
+        self.since_reset.copy_(torch.as_tensor(state["since_reset"]))

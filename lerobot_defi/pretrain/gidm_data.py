@@ -35,6 +35,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from lerobot_defi.pretrain.common import DatasetSourceConfig
+
 logger = logging.getLogger(__name__)
 
 OFFICIAL_DEFAULT_GAP = 9  # window of 10 frames: pair (t, t + 9)
@@ -44,24 +46,22 @@ MISSING_TASK_MODES = ("skip", "error", "keep")
 
 
 @dataclass
-class FramePairSourceConfig:
-    """One LeRobotDataset of the GIDM mixture.
+class FramePairSourceConfig(DatasetSourceConfig):
+    """One LeRobotDataset of the GIDM mixture (``repo_id``, ``root``, ``weight``, ``episodes``, ``val_episodes``,
+    ``video_backend`` as in every pretraining mixture) plus the GIDM fields:
 
     ``gap`` (frames between the two frames of a pair) or ``gap_range`` (inclusive ``[min, max]``, drawn as set
-    by ``gap_sampling``); neither gives the official default gap of 9. ``weight`` is the mixture weight (the
-    trainer can multiply it by the dataset's number of pairs, as the official ``balance_weights``).
-    ``camera_key`` defaults to the dataset's first camera (the official code uses the primary camera only).
+    by ``gap_sampling``); neither gives the official default gap of 9. ``camera_key`` defaults to the dataset's
+    first camera (the official code uses the primary camera only). The trainer can multiply ``weight`` by the
+    dataset's number of pairs (official ``balance_weights``).
     """
 
-    repo_id: str
-    root: str | None = None
     camera_key: str | None = None
-    weight: float = 1.0
     gap: int | None = None
     gap_range: list[int] | None = None
-    episodes: list[int] | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         if self.gap is not None and self.gap_range is not None:
             raise ValueError(f"dataset {self.repo_id}: give `gap` or `gap_range`, not both")
         if self.gap is not None and self.gap < 1:
@@ -72,8 +72,6 @@ class FramePairSourceConfig:
             raise ValueError(
                 f"dataset {self.repo_id}: gap_range must be [min, max] with 1 <= min <= max, got {self.gap_range}"
             )
-        if self.weight <= 0:
-            raise ValueError(f"dataset {self.repo_id}: weight must be > 0, got {self.weight}")
 
     @property
     def gap_bounds(self) -> tuple[int, int]:
@@ -116,7 +114,9 @@ class PairAugmentation:
         steps: list = [v2.Resize((image_size, image_size), antialias=True)]
         if augment:
             steps += [
-                v2.RandomResizedCrop(image_size, scale=(crop_area, crop_area), ratio=(1.0, 1.0), antialias=True),
+                v2.RandomResizedCrop(
+                    image_size, scale=(crop_area, crop_area), ratio=(1.0, 1.0), antialias=True
+                ),
                 v2.ColorJitter(brightness=brightness),
                 v2.ColorJitter(contrast=tuple(contrast)),
                 v2.ColorJitter(saturation=tuple(saturation)),
@@ -142,9 +142,14 @@ class PairIndexReport:
 
 
 class FramePairDataset(Dataset):
-    """Frame pairs of one LeRobotDataset camera: item -> ``frames (2, 3, S, S)`` in [0, 1], ``task`` (str),
-    ``gap`` (int), ``episode_index``, ``frame_index`` (of frame t) and ``source_index`` (position of the
-    dataset in the mixture)."""
+    """Frame pairs of one LeRobotDataset camera.
+
+    ``sample(i, rng)`` (and ``dataset[i]``, seeded by ``i``) -> ``frames (2, 3, S, S)`` in [0, 1], ``task``
+    (str), ``gap`` (int), ``episode_index``, ``frame_index`` (of frame t). All randomness of a sample (gap
+    in ``per_sample`` mode, augmentation) comes from ``rng``, so a sample depends only on ``(i, seed)`` --
+    not on the worker or process that loads it -- and a resumed run sees the same data.
+    ``episodes`` overrides ``source.episodes`` (the trainer passes the training or validation split).
+    """
 
     def __init__(
         self,
@@ -157,8 +162,7 @@ class FramePairDataset(Dataset):
         missing_task: str = "skip",
         normalize_instructions: bool = True,
         seed: int = 42,
-        source_index: int = 0,
-        video_backend: str | None = None,
+        episodes: list[int] | None = None,
     ):
         for name, value, allowed in (
             ("gap_sampling", gap_sampling, GAP_SAMPLING_MODES),
@@ -168,21 +172,17 @@ class FramePairDataset(Dataset):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.source = source
-        self.source_index = source_index
         self.gap_sampling = gap_sampling
         self.normalize_instructions = normalize_instructions
         self.augmentation = augmentation or PairAugmentation(image_size, augment=False)
         where = f"dataset {source.repo_id}" + (f" at {source.root}" if source.root else "")
 
-        if source.root is not None and not (Path(source.root) / "meta" / "info.json").is_file():
-            raise FileNotFoundError(
-                f"{where}: {Path(source.root) / 'meta' / 'info.json'} not found; `root` must be the folder of a "
-                "LeRobotDataset v3 (meta/, data/, videos/)"
-            )
-        meta = LeRobotDatasetMetadata(source.repo_id, root=source.root)
+        meta = open_metadata(source)
         cameras = meta.camera_keys
         if not cameras:
-            raise ValueError(f"{where} has no camera (no feature of dtype video/image): {list(meta.features)}")
+            raise ValueError(
+                f"{where} has no camera (no feature of dtype video/image): {list(meta.features)}"
+            )
         self.camera_key = source.camera_key or cameras[0]
         if self.camera_key not in cameras:
             raise ValueError(f"{where}: camera_key {self.camera_key!r} not found; cameras: {cameras}")
@@ -193,27 +193,31 @@ class FramePairDataset(Dataset):
         else:
             low, high = source.gap_bounds
             self.gaps = list(range(low, high + 1))
-        offsets = [0, *self.gaps]
+        # One LeRobot window per sample: frame t and every candidate target (a single one in per_run mode).
         self.dataset = LeRobotDataset(
             source.repo_id,
             root=source.root,
-            episodes=source.episodes,
-            delta_timestamps={self.camera_key: [k / self.fps for k in offsets]},
-            video_backend=video_backend,
+            episodes=source.episodes if episodes is None else episodes,
+            delta_timestamps={self.camera_key: [k / self.fps for k in (0, *self.gaps)]},
+            video_backend=source.video_backend,
         )
         self.start_indices, self.report = self._index_pairs(where, end_of_episode, missing_task)
 
-    def _index_pairs(self, where: str, end_of_episode: str, missing_task: str) -> tuple[np.ndarray, PairIndexReport]:
+    def _index_pairs(
+        self, where: str, end_of_episode: str, missing_task: str
+    ) -> tuple[np.ndarray, PairIndexReport]:
         meta = self.dataset.meta
         table = self.dataset.hf_dataset.data
         episode = table.column("episode_index").to_numpy()
         absolute = table.column("index").to_numpy()
         task_index = table.column("task_index").to_numpy()
         episodes = meta.episodes
-        starts = {int(e): int(s) for e, s in zip(episodes["episode_index"], episodes["dataset_from_index"])}
-        ends = {int(e): int(s) for e, s in zip(episodes["episode_index"], episodes["dataset_to_index"])}
-        start = np.array([starts[int(e)] for e in episode])
-        length = np.array([ends[int(e)] for e in episode]) - start
+        ids = np.asarray(episodes["episode_index"], dtype=np.int64)
+        first = np.zeros(ids.max() + 1, dtype=np.int64)
+        end = np.zeros(ids.max() + 1, dtype=np.int64)
+        first[ids] = np.asarray(episodes["dataset_from_index"], dtype=np.int64)
+        end[ids] = np.asarray(episodes["dataset_to_index"], dtype=np.int64)
+        start, length = first[episode], end[episode] - first[episode]
         position = absolute - start
 
         task_names = list(meta.tasks.index)
@@ -252,23 +256,32 @@ class FramePairDataset(Dataset):
                 f"{end_of_episode!r}, {len(report.short_episodes)} episodes with fewer than 2 frames, "
                 f"{report.missing_task_frames} frames without task (missing_task={missing_task!r}). "
                 "A pair needs two frames of one episode"
-                + (" with the target inside the episode (use a smaller gap or end_of_episode='clamp')."
-                   if end_of_episode == "drop" else ".")
+                + (
+                    " with the target inside the episode (use a smaller gap or end_of_episode='clamp')."
+                    if end_of_episode == "drop"
+                    else "."
+                )
             )
         if report.short_episodes:
             logger.warning(
                 "%s: %d episodes have fewer than 2 frames and give no pair (skipped): %s",
-                where, len(report.short_episodes), report.short_episodes[:20],
+                where,
+                len(report.short_episodes),
+                report.short_episodes[:20],
             )
         if report.missing_task_frames and missing_task != "error":
             logger.warning(
-                "%s: %d frames have no task text (%s)", where, report.missing_task_frames,
+                "%s: %d frames have no task text (%s)",
+                where,
+                report.missing_task_frames,
                 "skipped" if missing_task == "skip" else "kept with an empty instruction",
             )
         if report.clamped_pairs:
             logger.info(
                 "%s: %d of %d pairs end at the episode's last frame (target t+gap past the end; official clamp)",
-                where, report.clamped_pairs, int(keep.sum()),
+                where,
+                report.clamped_pairs,
+                int(keep.sum()),
             )
         # LeRobotDataset indices are relative to the (episode-filtered) table.
         return np.flatnonzero(keep), report
@@ -282,21 +295,53 @@ class FramePairDataset(Dataset):
         return len(self.start_indices)
 
     def __getitem__(self, index: int) -> dict:
+        return self.sample(index, np.random.default_rng(index))
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict:
         item = self.dataset[int(self.start_indices[index])]
         frames = item[self.camera_key]  # (1 + len(gaps), 3, H, W) in [0, 1]
         if frames.dtype == torch.uint8:
             frames = frames.float() / 255.0
-        choice = 0 if len(self.gaps) == 1 else int(torch.randint(len(self.gaps), ()).item())
+        choice = int(rng.integers(len(self.gaps)))
         pair = torch.stack([frames[0], frames[1 + choice]])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63 - 1)))
+            pair = self.augmentation(pair)
         task = item["task"]
         return {
-            "frames": self.augmentation(pair),
+            "frames": pair,
             "task": normalize_instruction(task) if self.normalize_instructions else task,
             "gap": self.gaps[choice],
             "episode_index": int(item["episode_index"]),
             "frame_index": int(item["frame_index"]),
-            "source_index": self.source_index,
         }
+
+
+def open_metadata(source: DatasetSourceConfig) -> LeRobotDatasetMetadata:
+    """Metadata of ``source`` with errors that name the dataset (a local ``root`` must hold meta/info.json)."""
+    if source.root is not None and not (Path(source.root) / "meta" / "info.json").is_file():
+        raise FileNotFoundError(
+            f"dataset {source.repo_id}: {source.root} is not a LeRobotDataset folder (no meta/info.json); "
+            "expected the output of a LeRobot converter (meta/, data/, videos/)"
+        )
+    try:
+        return LeRobotDatasetMetadata(source.repo_id, root=source.root)
+    except Exception as err:  # LeRobot's Hub/offline errors do not name the dataset
+        raise RuntimeError(f"could not open dataset {source.repo_id} (root={source.root}): {err}") from err
+
+
+def split_episodes(source: DatasetSourceConfig, total_episodes: int) -> tuple[list[int] | None, list[int]]:
+    """``(train, val)`` episode lists: ``episodes`` (None = all) minus ``val_episodes``."""
+    val = sorted(set(source.val_episodes or []))
+    bad = [e for e in val + list(source.episodes or []) if not 0 <= e < total_episodes]
+    if bad:
+        raise ValueError(f"dataset {source.repo_id}: episodes {bad} out of range (it has {total_episodes})")
+    if not val:
+        return source.episodes, []
+    train = [e for e in (source.episodes or range(total_episodes)) if e not in set(val)]
+    if not train:
+        raise ValueError(f"dataset {source.repo_id}: no training episode left after val_episodes={val}")
+    return train, val
 
 
 def describe_sources(datasets: list[FramePairDataset]) -> list[dict]:

@@ -5,10 +5,12 @@ each instruction.
   without registers, from ``transformers``) -> final-layer-norm patch tokens ``(B, (S / patch)^2, hidden)``
   (CLS and register tokens dropped, like ``x_norm_patchtokens`` of the official torch.hub model).
 * :class:`T5InstructionFeatures`: instructions -> frozen T5 encoder ``last_hidden_state`` ``(B, L, d_model)``
-  and mask ``(B, L)`` (L = longest instruction of the batch); each distinct instruction is encoded once and
-  cached (LRU).
+  and mask ``(B, L)`` (L = longest instruction of the batch, padding zeroed and masked); each distinct
+  instruction is encoded once, on its own, and cached (LRU).
 
-Both load by Hub id or local path, or are built from a small config dict with random weights (tests, demo).
+Both load by Hub id or local path, or are built from a small config dict with random weights (tests, demo):
+:func:`build_frozen_encoders`. :func:`encode_pair_features` turns a batch of frame pairs and instructions into
+the GIDM's inputs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class DinoPatchFeatures(nn.Module):
         if getattr(model.config, "model_type", None) not in ("dinov2", "dinov2_with_registers"):
             raise ValueError(f"expected a DINOv2 model, got model_type {model.config.model_type!r}")
         self.model = model.eval().requires_grad_(False)
-        self.num_prefix_tokens = 1 + getattr(model.config, "num_register_tokens", 0)
+        registers = (
+            model.config.num_register_tokens if model.config.model_type == "dinov2_with_registers" else 0
+        )
+        self.num_prefix_tokens = 1 + registers  # CLS (+ registers) precede the patch tokens
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -99,14 +104,12 @@ class T5InstructionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            device = next(self.model.parameters()).device
-            tokens = self.tokenizer(missing, padding=True, return_tensors="pt").to(device)
-            states = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            lengths = tokens.attention_mask.sum(-1).tolist()
-            for i, text in enumerate(missing):
-                self._cache[text] = states.last_hidden_state[i, : lengths[i]].float()
+        device = next(self.model.parameters()).device
+        # Each new instruction is encoded on its own (no padding), so its states do not depend on which batch
+        # it first appeared in: runs (and resumed runs) are reproducible to the bit.
+        for text in dict.fromkeys(t for t in texts if t not in self._cache):
+            input_ids = self.tokenizer([text], return_tensors="pt").input_ids.to(device)
+            self._cache[text] = self.model(input_ids=input_ids).last_hidden_state[0].float()
         entries = []
         for text in texts:
             self._cache.move_to_end(text)
@@ -120,3 +123,29 @@ class T5InstructionFeatures(nn.Module):
             hidden[i, : entry.shape[0]] = entry
             mask[i, : entry.shape[0]] = True
         return hidden, mask
+
+
+def build_frozen_encoders(
+    dinov2_path: str | None,
+    dinov2_config: dict | None,
+    t5_path: str | None,
+    t5_config: dict | None,
+    seed: int,
+) -> tuple[DinoPatchFeatures, T5InstructionFeatures]:
+    """DINOv2 patch features and T5 instruction features; random ones (from configs) are seeded by ``seed``
+    so every process and the inspection tool rebuild the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dino = DinoPatchFeatures.load(dinov2_path, dinov2_config)
+        t5 = T5InstructionFeatures.load(t5_path, t5_config)
+    return dino, t5
+
+
+def encode_pair_features(
+    dino: DinoPatchFeatures, t5: T5InstructionFeatures, frames: Tensor, tasks: list[str]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``frames (B, 2, 3, S, S)`` in [0, 1] -> visual tokens ``(B, 2, N, D)``, text ``(B, L, Dt)``, mask ``(B, L)``."""
+    b = frames.shape[0]
+    visual = dino(frames.flatten(0, 1)).unflatten(0, (b, 2))
+    text, mask = t5(tasks)
+    return visual.float(), text.float(), mask
