@@ -16,7 +16,9 @@ Configuration and data
                                   a per-epoch permutation of that dataset; deterministic in ``(seed, epoch)``;
                                   sharded (``rank::world_size``), so build one DataLoader per process and do
                                   NOT pass it through ``accelerator.prepare``; ``resume(samples_seen)`` skips
-                                  what this rank already consumed.
+                                  what this rank already consumed; ``infinite=True`` runs on across epochs
+                                  (step-based loops). Give the DataLoader its own ``generator=torch.Generator()``
+                                  so that creating it does not draw from the global RNG (exact resume).
 
 Accelerate, checkpoints, logging
     ``make_accelerator(...)``     Accelerator with mixed precision / accumulation / trackers.
@@ -126,7 +128,16 @@ def parse_config(config_class: type, argv: Sequence[str] | None = None):
                 f"{sorted(p.name for p in PRESETS_DIR.glob('*.yaml'))})"
             )
         config_path = str(shipped)
-    return draccus.parse(config_class=config_class, config_path=config_path, args=rest)
+    try:
+        return draccus.parse(config_class=config_class, config_path=config_path, args=rest)
+    except (draccus.utils.ParsingError, draccus.utils.DecodingError) as err:
+        # draccus replaces a config's own validation error by "Couldn't instantiate ...": surface the cause.
+        cause = err.__cause__ or err.__context__
+        while isinstance(cause, (draccus.utils.ParsingError, draccus.utils.DecodingError)):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
+            raise cause from None
+        raise
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,8 +161,8 @@ def load_lerobot_dataset(source: DatasetSourceConfig, episodes: list[int] | None
 
 
 def episode_tasks(dataset, name: str) -> list[str]:
-    """The task string of every frame index of ``dataset.meta`` (``list`` indexed by the global ``index``
-    column through ``dataset.hf_dataset``), checked to be non-empty text."""
+    """The instruction of every task index of ``dataset`` (``meta/tasks.parquet``), checked to be non-empty
+    text; frames refer to them through their ``task_index`` column."""
     tasks = dataset.meta.tasks
     if tasks is None or len(tasks) == 0:
         raise ValueError(
@@ -220,7 +231,8 @@ class MixtureSampler(Sampler):
     ``p`` draws a member with probability ``weights[m]`` and takes the next item of that member's epoch
     permutation (a member is exhausted before any item repeats). Yields ``(global_index, sample_seed)``.
     Process ``rank`` gets positions ``rank, rank + world_size, ...`` of the epoch (padded so all ranks get
-    the same count). The order depends only on ``(seed, epoch)``.
+    the same count). The order depends only on ``(seed, epoch)``. ``infinite``: run on into the next epochs
+    (a step-based loop then consumes exactly ``batch_size`` samples per step, which ``resume`` relies on).
     """
 
     def __init__(
@@ -232,6 +244,7 @@ class MixtureSampler(Sampler):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        infinite: bool = False,
     ):
         if not sizes or any(n <= 0 for n in sizes):
             raise ValueError(f"MixtureSampler: every member needs at least one item, sizes={list(sizes)}")
@@ -247,6 +260,7 @@ class MixtureSampler(Sampler):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.infinite = infinite
         self.epoch = 0
         self.skip = 0
 
@@ -279,13 +293,18 @@ class MixtureSampler(Sampler):
         return indices, seeds
 
     def __len__(self) -> int:
+        """Samples left in the current epoch for this rank (an ``infinite`` sampler goes on after them)."""
         return self.samples_per_rank - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices, seeds = self.epoch_order(self.epoch)
+        epoch, skip = self.epoch, self.skip
         mine = slice(self.rank, None, self.world_size)
-        for index, seed in list(zip(indices[mine].tolist(), seeds[mine].tolist()))[self.skip :]:
-            yield index, seed
+        while True:
+            indices, seeds = self.epoch_order(epoch)
+            yield from list(zip(indices[mine].tolist(), seeds[mine].tolist()))[skip:]
+            if not self.infinite:
+                return
+            epoch, skip = epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -297,12 +316,19 @@ def make_accelerator(
     log_with: str | None = None,
     project_dir: str | Path | None = None,
     find_unused_parameters: bool = False,
+    cpu: bool | None = None,
 ):
-    """An ``accelerate.Accelerator`` (DDP when launched with several processes)."""
+    """An ``accelerate.Accelerator`` (DDP when launched with several processes).
+
+    ``cpu=None``: True when no CUDA device is visible, so that ``torchrun --nproc_per_node=N`` on a CPU machine
+    runs DDP over gloo (accelerate only sets up multi-process CPU training when told ``cpu=True``).
+    """
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     return Accelerator(
+        cpu=not torch.cuda.is_available() if cpu is None else cpu,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with,
@@ -389,9 +415,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     root = Path(output_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return None
-    done = sorted(
-        p for p in root.iterdir() if p.name.isdigit() and (p / TRAINING_STATE_FILE).is_file()
-    )
+    done = sorted(p for p in root.iterdir() if p.name.isdigit() and (p / TRAINING_STATE_FILE).is_file())
     return done[-1] if done else None
 
 
