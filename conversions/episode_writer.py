@@ -1,0 +1,256 @@
+"""Write source episodes into a LeRobotDataset: parallel reading, progress bar, resume, --skip-bad, Hub push.
+
+A converter provides an ordered list of ``(source key, payload)`` items and a picklable ``read_episode``
+function ``payload -> EpisodeFrames`` (per-frame arrays + tasks). Episodes are read by ``num_workers``
+processes (a bounded read-ahead window keeps the order and the memory in check) and written in order by
+the main process (``add_frame`` / ``save_episode``; video encoding happens there).
+
+Resume: ``<root>/conversion_progress.json`` lists the source key of every episode saved so far (its
+position is the episode index), the inputs that were skipped as bad, and whether the run finalized.
+A second run with the same arguments appends only what is missing; a run that was killed before it
+could finalize is refused (its parquet files may lack their footers) instead of being taken as complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "conversion_progress.json"
+
+
+class ConversionInputError(ValueError):
+    """Bad input that stops a conversion (re-run with --skip-bad to skip such episodes)."""
+
+
+class SkipEpisode(Exception):
+    """Raised by a converter's ``read_episode`` for a valid source episode it does not convert by design
+    (e.g. an OXE episode without language); always skipped and listed in ``ConversionReport.skipped``."""
+
+
+@dataclass
+class EpisodeFrames:
+    """One episode ready to write: ``frames`` maps feature keys to ``(T, ...)`` arrays and ``"task"`` to T strings.
+
+    extra: anything the converter wants back after the episode is saved (passed to ``on_saved``).
+    """
+
+    frames: dict[str, np.ndarray | list[str]]
+    extra: Any = None
+
+    @property
+    def length(self) -> int:
+        return len(self.frames["task"])
+
+
+@dataclass
+class ConversionReport:
+    """Outcome of ``write_episodes``: source keys written now, already present, and skipped as bad (with why)."""
+
+    root: Path
+    written: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    bad: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    total_episodes: int = 0
+    total_frames: int = 0
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.root}: {self.total_episodes} episodes, {self.total_frames} frames "
+            f"({len(self.written)} written now, {len(self.already_done)} already there, {len(self.bad)} skipped as bad, "
+            f"{len(self.skipped)} skipped by design)"
+        ]
+        lines += [f"  skipped {key}: {why}" for key, why in list(self.skipped.items())[:20]]
+        lines += [f"  skipped {key}: {why}" for key, why in self.bad.items()]
+        return "\n".join(lines)
+
+
+def _load_progress(root: Path) -> dict | None:
+    path = root / PROGRESS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save_progress(root: Path, progress: dict) -> None:
+    tmp = root / (PROGRESS_FILE + ".partial")
+    tmp.write_text(json.dumps(progress, indent=1))
+    os.replace(tmp, root / PROGRESS_FILE)
+
+
+def _read_ahead(
+    read_episode: Callable[[Any], EpisodeFrames], items: Sequence[tuple[str, Any]], num_workers: int
+) -> Iterator[tuple[str, EpisodeFrames | Exception]]:
+    """Yield ``(key, EpisodeFrames | the exception it raised)`` in order, reading 2 x num_workers ahead."""
+    if num_workers <= 0:
+        for key, payload in items:
+            try:
+                yield key, read_episode(payload)
+            except Exception as err:  # handed to the caller, which decides (skip or stop)
+                yield key, err
+        return
+    # spawn, not fork: the writer side runs encoder threads, and forking a threaded process can deadlock.
+    with ProcessPoolExecutor(
+        max_workers=num_workers, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        window: deque[tuple[str, Future]] = deque()
+        pending = iter(items)
+        for key, payload in pending:
+            window.append((key, pool.submit(read_episode, payload)))
+            if len(window) >= 2 * num_workers:
+                break
+        while window:
+            key, future = window.popleft()
+            try:
+                yield key, future.result()
+            except Exception as err:
+                yield key, err
+            following = next(pending, None)
+            if following is not None:
+                window.append((following[0], pool.submit(read_episode, following[1])))
+
+
+def write_episodes(
+    *,
+    repo_id: str,
+    root: str | Path,
+    fps: int,
+    features: dict[str, dict],
+    items: Sequence[tuple[str, Any]],
+    read_episode: Callable[[Any], EpisodeFrames],
+    bad_input_errors: tuple[type[BaseException], ...] = (ValueError,),
+    robot_type: str | None = None,
+    num_workers: int = 0,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    push_to_hub: bool = False,
+    private: bool = False,
+    on_saved: Callable[[str, int, EpisodeFrames], None] | None = None,
+    progress: bool = True,
+    description: str = "convert",
+    streaming_encoding: bool = True,
+) -> ConversionReport:
+    """Convert ``items`` into the LeRobotDataset ``repo_id`` at ``root`` (created, or resumed when present).
+
+    bad_input_errors: exception types that mean "this source episode is bad" (skipped with ``skip_bad``,
+    else the run stops with ``ConversionInputError``); any other exception propagates as is.
+    on_saved(source_key, episode_index, episode) runs after each saved episode (e.g. to copy side files).
+    streaming_encoding: encode video while frames are added (LeRobot's streaming encoder) instead of writing
+    PNG files first and encoding at ``save_episode``.
+    """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    if overwrite and root.exists():
+        shutil.rmtree(root)
+    progress_state = _load_progress(root)
+    if root.exists() and any(root.iterdir()) and progress_state is None:
+        raise ConversionInputError(
+            f"{root} exists and was not written by this converter (no {PROGRESS_FILE}); choose another --root "
+            "or pass --overwrite"
+        )
+    if progress_state is not None and not progress_state.get("finalized", False):
+        raise ConversionInputError(
+            f"{root}: a previous run stopped before finalizing the dataset, so its last files may be incomplete; "
+            "delete the folder or pass --overwrite to start again"
+        )
+
+    if progress_state is None:
+        dataset = LeRobotDataset.create(
+            repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=True,
+            metadata_buffer_size=1, streaming_encoding=streaming_encoding,
+        )  # fmt: skip
+        progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
+    else:
+        dataset = LeRobotDataset.resume(repo_id, root=root, streaming_encoding=streaming_encoding)
+        if dataset.meta.total_episodes != len(progress_state["episodes"]):
+            raise ConversionInputError(
+                f"{root}: {PROGRESS_FILE} lists {len(progress_state['episodes'])} episodes but the dataset has "
+                f"{dataset.meta.total_episodes}; delete the folder or pass --overwrite"
+            )
+        expected = {k: tuple(v["shape"]) for k, v in features.items()}
+        present = {
+            k: tuple(dataset.meta.features[k]["shape"]) for k in features if k in dataset.meta.features
+        }
+        if present != expected or dataset.meta.fps != fps:
+            raise ConversionInputError(
+                f"{root}: the existing dataset (fps {dataset.meta.fps}, features {present}) does not match this "
+                f"run (fps {fps}, features {expected}); use another --root or --overwrite"
+            )
+        progress_state["finalized"] = False
+    _save_progress(root, progress_state)
+
+    report = ConversionReport(root)
+    done = set(progress_state["episodes"])
+    report.already_done = [key for key, _ in items if key in done]
+    report.skipped = dict(progress_state.setdefault("skipped", {}))
+    settled = done | set(progress_state["bad"]) | set(report.skipped)
+    todo = [(key, payload) for key, payload in items if key not in settled]
+    try:
+        bar = tqdm(total=len(todo), desc=description, unit="episode", disable=not progress)
+        for key, result in _read_ahead(read_episode, todo, num_workers):
+            bar.update(1)
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                _add_episode(dataset, result)
+            except SkipEpisode as err:
+                report.skipped[key] = str(err)
+                progress_state["skipped"][key] = str(err)
+                _save_progress(root, progress_state)
+                continue
+            except bad_input_errors as err:
+                dataset.clear_episode_buffer()
+                if not skip_bad:
+                    raise ConversionInputError(
+                        f"{err}\n(source episode {key}; pass --skip-bad to skip it)"
+                    ) from err
+                logger.warning("skipping %s: %s", key, err)
+                report.bad[key] = str(err)
+                progress_state["bad"][key] = str(err)
+                _save_progress(root, progress_state)
+                continue
+            episode_index = dataset.meta.total_episodes - 1
+            progress_state["episodes"].append(key)
+            _save_progress(root, progress_state)
+            report.written.append(key)
+            if on_saved is not None:
+                on_saved(key, episode_index, result)
+        bar.close()
+    finally:
+        dataset.finalize()
+        progress_state["finalized"] = True
+        _save_progress(root, progress_state)
+    report.bad.update({k: v for k, v in progress_state["bad"].items() if k not in report.bad})
+    report.total_episodes = dataset.meta.total_episodes
+    report.total_frames = dataset.meta.total_frames
+    if push_to_hub:
+        dataset.push_to_hub(private=private)
+    return report
+
+
+def _add_episode(dataset, episode: EpisodeFrames) -> None:
+    frames = episode.frames
+    length = episode.length
+    for key, values in frames.items():
+        if len(values) != length:
+            raise ValueError(f"feature {key!r} has {len(values)} frames, the episode has {length}")
+    keys = [k for k in frames if k != "task"]
+    for i in range(length):
+        frame = {k: frames[k][i] for k in keys}
+        frame["task"] = frames["task"][i]
+        dataset.add_frame(frame)
+    dataset.save_episode()
