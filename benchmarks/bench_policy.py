@@ -212,6 +212,7 @@ def main() -> None:
         default="inference,training,components,largest",
         help="comma list of: inference, training, components, largest",
     )
+    parser.add_argument("--batch-sizes", default="1,8", help="inference batch sizes, comma separated")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,7 +259,8 @@ def main() -> None:
     if "inference" in sections:
         reference.eval()
         sampler = ReferenceSampler(reference)
-        for batch_size in (1, 8):
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        for batch_size in batch_sizes:
             batch = make_batch(reference.config, batch_size, device)
             reset_peak(device)
             med, p90 = timed(lambda batch=batch: sampler(batch), device, repeats, warmup=3)
@@ -266,7 +268,7 @@ def main() -> None:
             report("inference_reference", f"batch{batch_size}_p90_ms", round(p90, 2))
             report("inference_reference", f"batch{batch_size}_peak_GiB", round(peak_memory_gib(device), 2))
         fast.eval()
-        for batch_size in (1, 8):
+        for batch_size in batch_sizes:
             batch = make_batch(fast.config, batch_size, device)
             reset_peak(device)
             t0 = time.perf_counter()
@@ -278,10 +280,9 @@ def main() -> None:
             report("inference_fast", f"batch{batch_size}_median_ms", round(med, 2))
             report("inference_fast", f"batch{batch_size}_p90_ms", round(p90, 2))
             report("inference_fast", f"batch{batch_size}_peak_GiB", round(peak_memory_gib(device), 2))
-            if batch_size == 8:
-                report("inference_fast", "batch8_chunks_per_s", round(8 * 1e3 / med, 1))
-                ref = results["inference_reference"]["batch8_median_ms"]
-                report("inference_reference", "batch8_chunks_per_s", round(8 * 1e3 / ref, 1))
+            report("inference_fast", f"batch{batch_size}_chunks_per_s", round(batch_size * 1e3 / med, 1))
+            ref = results["inference_reference"][f"batch{batch_size}_median_ms"]
+            report("inference_reference", f"batch{batch_size}_chunks_per_s", round(batch_size * 1e3 / ref, 1))
 
     if "training" in sections:
         batch = make_batch(reference.config, 8, device)
