@@ -7,8 +7,15 @@ the main process (``add_frame`` / ``save_episode``; video encoding happens there
 
 Resume: ``<root>/conversion_progress.json`` lists the source key of every episode saved so far (its
 position is the episode index), the inputs that were skipped as bad, and whether the run finalized.
-A second run with the same arguments appends only what is missing; a run that was killed before it
-could finalize is refused (its parquet files may lack their footers) instead of being taken as complete.
+A second run with the same arguments appends only what is missing. An exception or Ctrl-C still finalizes
+what was saved. A run killed outright (SIGKILL, out of memory, power loss) leaves open parquet files without
+footers, so the writer checkpoints: at the start of a run and every ``checkpoint_every`` saved episodes it
+finalizes the dataset (every file complete), records the files of ``data/ videos/ meta/`` with their sizes and
+copies the files LeRobot rewrites in place (``meta/info.json``, ``stats.json``, ``tasks.parquet``) into
+``<root>/.conversion_checkpoint/``, then resumes writing (LeRobot's resume starts new data/video files). The next
+run after such a kill rolls back to the last checkpoint (deletes the newer files, restores the copies) and
+redoes the episodes after it, giving the same episodes, frames and stats as an uninterrupted run. The dataset
+is complete only when ``conversion_progress.json`` says ``"finalized": true``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 PROGRESS_FILE = "conversion_progress.json"
+CHECKPOINT_DIR = ".conversion_checkpoint"
+LEROBOT_DIRS = ("data", "videos", "meta", "images")  # what LeRobot writes under root (rolled back on resume)
+REWRITTEN_IN_PLACE = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet")
 
 
 class ConversionInputError(ValueError):
@@ -91,6 +101,84 @@ def _save_progress(root: Path, progress: dict) -> None:
     os.replace(tmp, root / PROGRESS_FILE)
 
 
+def _lerobot_files(root: Path) -> dict[str, int]:
+    """``{relative path: size}`` of every file LeRobot wrote under root."""
+    return {
+        path.relative_to(root).as_posix(): path.stat().st_size
+        for folder in LEROBOT_DIRS
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+def _write_checkpoint(root: Path, progress: dict) -> None:
+    """Record the finalized dataset at root as the state a killed run rolls back to (see the module docstring)."""
+    name = f"{len(progress['episodes']):09d}"
+    snapshot = root / CHECKPOINT_DIR / name
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    snapshot.mkdir(parents=True)
+    for relative in REWRITTEN_IN_PLACE:
+        if (root / relative).is_file():
+            shutil.copyfile(root / relative, snapshot / Path(relative).name)
+    files = _lerobot_files(root)
+    progress["checkpoint"] = {
+        "dir": name,
+        "episodes": len(progress["episodes"]),
+        "bad": dict(progress["bad"]),
+        "skipped": dict(progress["skipped"]),
+        "files": {k: v for k, v in files.items() if k not in REWRITTEN_IN_PLACE},
+    }
+    _save_progress(root, progress)
+    for old in (root / CHECKPOINT_DIR).iterdir():
+        if old.name != name:
+            shutil.rmtree(old)
+
+
+def _roll_back_to_checkpoint(root: Path, progress: dict) -> dict | None:
+    """Undo what a killed run wrote after its last checkpoint; returns the progress to resume from, or ``None``
+    when nothing was checkpointed with episodes (the caller starts the dataset afresh)."""
+    checkpoint = progress.get("checkpoint")
+    if not checkpoint or checkpoint["episodes"] == 0:
+        for folder in (*LEROBOT_DIRS, CHECKPOINT_DIR):
+            shutil.rmtree(root / folder, ignore_errors=True)
+        return None
+    snapshot = root / CHECKPOINT_DIR / checkpoint["dir"]
+    present = _lerobot_files(root)
+    damaged = [k for k, size in checkpoint["files"].items() if present.get(k) != size]
+    if damaged or not snapshot.is_dir():
+        raise ConversionInputError(
+            f"{root}: cannot roll back to the last checkpoint ({len(damaged)} of its files changed or are missing, "
+            f"e.g. {damaged[:3]}; snapshot {snapshot} {'present' if snapshot.is_dir() else 'missing'}); delete the "
+            "folder or pass --overwrite"
+        )
+    for relative in present:
+        if relative not in checkpoint["files"]:
+            (root / relative).unlink()
+    for relative in REWRITTEN_IN_PLACE:
+        if (snapshot / Path(relative).name).is_file():
+            shutil.copyfile(snapshot / Path(relative).name, root / relative)
+    for folder in LEROBOT_DIRS:  # drop the folders the deleted files leave empty
+        for path in sorted((root / folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    logger.warning(
+        "%s: the previous run was killed before finalizing; rolled back to its checkpoint at %d episodes "
+        "(%d saved after it are redone)",
+        root,
+        checkpoint["episodes"],
+        len(progress["episodes"]) - checkpoint["episodes"],
+    )
+    progress.update(
+        episodes=progress["episodes"][: checkpoint["episodes"]],
+        bad=dict(checkpoint["bad"]),
+        skipped=dict(checkpoint["skipped"]),
+        finalized=True,
+    )
+    _save_progress(root, progress)
+    return progress
+
+
 def _read_ahead(
     read_episode: Callable[[Any], EpisodeFrames], items: Sequence[tuple[str, Any]], num_workers: int
 ) -> Iterator[tuple[str, EpisodeFrames | Exception]]:
@@ -142,6 +230,8 @@ def write_episodes(
     progress: bool = True,
     description: str = "convert",
     streaming_encoding: bool = True,
+    checkpoint_every: int = 200,
+    video_files_size_in_mb: int | None = None,
 ) -> ConversionReport:
     """Convert ``items`` into the LeRobotDataset ``repo_id`` at ``root`` (created, or resumed when present).
 
@@ -150,6 +240,11 @@ def write_episodes(
     on_saved(source_key, episode_index, episode) runs after each saved episode (e.g. to copy side files).
     streaming_encoding: encode video while frames are added (LeRobot's streaming encoder) instead of writing
     PNG files first and encoding at ``save_episode``.
+    checkpoint_every: saved episodes between checkpoints (the most work a killed run loses); each checkpoint
+    starts new data/video files, so larger values give fewer files.
+    video_files_size_in_mb: size at which LeRobot starts a new video file (``None``: LeRobot's default, 200 MB).
+    LeRobot appends each episode by rewriting the current file (~3 ms per MB on this machine), so with many
+    short episodes a smaller size saves time; it only applies when the dataset is created.
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -157,25 +252,30 @@ def write_episodes(
     if overwrite and root.exists():
         shutil.rmtree(root)
     progress_state = _load_progress(root)
-    if root.exists() and any(root.iterdir()) and progress_state is None:
-        raise ConversionInputError(
-            f"{root} exists and was not written by this converter (no {PROGRESS_FILE}); choose another --root "
-            "or pass --overwrite"
-        )
+    if progress_state is None and root.exists() and any(root.iterdir()):
+        # Only meta/info.json: create() ran, then the run was killed before its progress file; start afresh.
+        contents = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+        if contents != ["meta", "meta/info.json"]:
+            raise ConversionInputError(
+                f"{root} exists and was not written by this converter (no {PROGRESS_FILE}); choose another "
+                "--root or pass --overwrite"
+            )
     if progress_state is not None and not progress_state.get("finalized", False):
-        raise ConversionInputError(
-            f"{root}: a previous run stopped before finalizing the dataset, so its last files may be incomplete; "
-            "delete the folder or pass --overwrite to start again"
-        )
+        progress_state = _roll_back_to_checkpoint(root, progress_state)
+
+    def open_dataset() -> LeRobotDataset:
+        return LeRobotDataset.resume(repo_id, root=root, streaming_encoding=streaming_encoding)
 
     if progress_state is None:
+        shutil.rmtree(root, ignore_errors=True)  # empty, or left by a run killed before its first checkpoint
         dataset = LeRobotDataset.create(
             repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=True,
             metadata_buffer_size=1, streaming_encoding=streaming_encoding,
+            video_files_size_in_mb=video_files_size_in_mb,
         )  # fmt: skip
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:
-        dataset = LeRobotDataset.resume(repo_id, root=root, streaming_encoding=streaming_encoding)
+        dataset = open_dataset()
         if dataset.meta.total_episodes != len(progress_state["episodes"]):
             raise ConversionInputError(
                 f"{root}: {PROGRESS_FILE} lists {len(progress_state['episodes'])} episodes but the dataset has "
@@ -192,6 +292,7 @@ def write_episodes(
             )
         progress_state["finalized"] = False
     _save_progress(root, progress_state)
+    _write_checkpoint(root, progress_state)
 
     report = ConversionReport(root)
     done = set(progress_state["episodes"])
@@ -229,11 +330,17 @@ def write_episodes(
             report.written.append(key)
             if on_saved is not None:
                 on_saved(key, episode_index, result)
+            if len(progress_state["episodes"]) - progress_state["checkpoint"]["episodes"] >= checkpoint_every:
+                dataset.finalize()
+                _write_checkpoint(root, progress_state)
+                dataset = open_dataset()
         bar.close()
     finally:
         dataset.finalize()
         progress_state["finalized"] = True
+        progress_state.pop("checkpoint", None)
         _save_progress(root, progress_state)
+        shutil.rmtree(root / CHECKPOINT_DIR, ignore_errors=True)
     report.bad.update({k: v for k, v in progress_state["bad"].items() if k not in report.bad})
     report.total_episodes = dataset.meta.total_episodes
     report.total_frames = dataset.meta.total_frames

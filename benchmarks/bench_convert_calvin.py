@@ -1,0 +1,147 @@
+"""Speed of the CALVIN converter, and how much of its wall time LeRobot's writer/video encoder takes.
+
+Two measurements per repeat, on the same episodes:
+
+* LeRobot alone: every frame already read into memory, written with ``LeRobotDataset.create`` / ``add_frame`` /
+  ``save_episode`` / ``finalize`` (the converter's features and encoder settings). This is the floor: video
+  encoding (streaming AV1, LeRobot's default) plus LeRobot's parquet/metadata writing.
+* Converter: ``convert_calvin`` from the npz files with reader processes. Its wall time is split into the time
+  spent inside LeRobot's calls (``create/resume/add_frame/save_episode/finalize``: encoding and writing), the
+  time the writer waited for reader processes, and the rest (the converter's own work: stacking, checks,
+  progress file, checkpoints, CALVIN metadata).
+
+Overhead on top of the encoder = (converter wall - LeRobot alone) / converter wall; the target is <= 10 %.
+LeRobot is imported inside functions: reader processes are spawned and re-import this script as their main module.
+
+    python benchmarks/bench_convert_calvin.py --raw-dir ../shared/data/calvin_mini --split all --num-workers 2
+"""
+
+import argparse
+import functools
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from lerobot_defi.conversions import episode_writer
+from lerobot_defi.conversions.calvin import (
+    ReadOptions,
+    convert_calvin,
+    features,
+    plan_episodes,
+    read_episode,
+    read_fps,
+    split_folders,
+)
+
+DEFAULT_RAW = Path(__file__).resolve().parents[1] / "../shared/data/calvin_mini"
+LEROBOT_CALLS = ("create", "resume", "add_frame", "save_episode", "finalize")
+seconds: dict[str, float] = defaultdict(float)
+
+
+def _timed(name: str, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+
+    return wrapper
+
+
+def _timed_generator(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        generator = function(*args, **kwargs)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(generator)
+            except StopIteration:
+                seconds["wait_readers"] += time.perf_counter() - start
+                return
+            seconds["wait_readers"] += time.perf_counter() - start
+            yield item
+
+    return wrapper
+
+
+def install_timers() -> None:
+    """Count the time spent in LeRobot's writer calls and waiting for reader processes (main process only)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    for name in LEROBOT_CALLS:
+        attribute = LeRobotDataset.__dict__[name]
+        if isinstance(attribute, classmethod):
+            setattr(LeRobotDataset, name, classmethod(_timed("lerobot", attribute.__func__)))
+        else:
+            setattr(LeRobotDataset, name, _timed("lerobot", attribute))
+    episode_writer._read_ahead = _timed_generator(episode_writer._read_ahead)
+
+
+def lerobot_alone(episodes, fps: int, root: Path) -> float:
+    """Write pre-read episodes with LeRobot only; returns seconds."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    start = time.perf_counter()
+    dataset = LeRobotDataset.create(
+        "bench/lerobot_alone", fps=fps, features=features(ReadOptions()), root=root, use_videos=True,
+        metadata_buffer_size=1, streaming_encoding=True, video_files_size_in_mb=20,
+    )  # fmt: skip
+    for episode in episodes:
+        keys = [k for k in episode.frames if k != "task"]
+        for i in range(episode.length):
+            dataset.add_frame({**{k: episode.frames[k][i] for k in keys}, "task": episode.frames["task"][i]})
+        dataset.save_episode()
+    dataset.finalize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="CALVIN dataset or split folder")
+    parser.add_argument("--split", choices=["training", "validation", "all"], default="all")
+    parser.add_argument("--layout", choices=["windows", "play"], default="windows")
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    folders = split_folders(args.raw_dir, args.split)
+    fps = read_fps(folders[0][1])
+    specs = [spec for name, folder in folders for _, spec in plan_episodes(name, folder, args.layout)]
+    episodes = [read_episode(ReadOptions(), spec) for spec in specs]
+    frames = sum(e.length for e in episodes)
+    print(
+        f"{args.raw_dir} ({args.split}, {args.layout}): {len(episodes)} episodes, {frames} frames, {fps} fps"
+    )
+    install_timers()
+    work = Path(tempfile.mkdtemp(prefix="bench_calvin_"))
+    try:
+        for repeat in range(args.repeats):
+            seconds.clear()
+            alone_s = lerobot_alone(episodes, fps, work / f"alone{repeat}")
+            seconds.clear()
+            start = time.perf_counter()
+            convert_calvin(args.raw_dir, "bench/converter", root=work / f"conv{repeat}", layout=args.layout,
+                           split=args.split, num_workers=args.num_workers, progress=False)  # fmt: skip
+            conv_s = time.perf_counter() - start
+            inside, wait = seconds["lerobot"], seconds["wait_readers"]
+            own = conv_s - inside - wait
+            print(
+                f"run {repeat}: LeRobot alone {alone_s:.2f} s ({frames / alone_s:.1f} frames/s) | converter "
+                f"{conv_s:.2f} s ({frames / conv_s:.1f} frames/s, {args.num_workers} reader processes): "
+                f"{inside / conv_s:.0%} in LeRobot's encoder/writer, {wait / conv_s:.0%} waiting for readers, "
+                f"{own / conv_s:.0%} own work | overhead on top of LeRobot alone {(conv_s - alone_s) / conv_s:.1%}",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""CALVIN -> LeRobotDataset on the real slice (tests/data/calvin_mini_slice): counts, instructions, pixels,
+bit-exact actions, layouts, scenes, resume, bad input, and a DeFI training step on what it writes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from lerobot.datasets import LeRobotDataset
+from lerobot_defi.conversions.calvin import (
+    CalvinFormatError,
+    convert_calvin,
+    frame_instructions,
+    main,
+    plan_episodes,
+)
+from lerobot_defi.conversions.episode_writer import ConversionInputError
+
+
+def frames_of(split_dir, first, last):
+    return [np.load(split_dir / f"episode_{i:07d}.npz") for i in range(first, last + 1)]
+
+
+@pytest.fixture(scope="module")
+def windows_dataset(tmp_path_factory):
+    from defi_test_utils import CALVIN_SLICE
+
+    root = convert_calvin(
+        CALVIN_SLICE / "training",
+        "local/calvin_windows",
+        root=tmp_path_factory.mktemp("w") / "ds",
+        progress=False,
+    )
+    return root, LeRobotDataset("local/calvin_windows", root=root, video_backend="pyav")
+
+
+def test_windows_layout_counts_instructions_and_exact_actions(windows_dataset, calvin_slice):
+    root, dataset = windows_dataset
+    split = calvin_slice / "training"
+    annotations = np.load(split / "lang_annotations" / "auto_lang_ann.npy", allow_pickle=True).item()
+    windows = annotations["info"]["indx"]
+    assert dataset.num_episodes == len(windows) == 2
+    assert dataset.num_frames == sum(end - start for start, end in windows)  # frames start .. end-1
+    assert dataset.meta.fps == 30 and dataset.meta.video_files_size_in_mb == 20
+    episodes = json.loads((root / "meta" / "calvin_episodes.json").read_text())
+    for episode, (start, end), sentence in zip(episodes, windows, annotations["language"]["ann"]):
+        assert episode["tasks"] == [sentence] and episode["calvin_frames"] == [start, end - 1]
+        assert episode["scene"] == "D" and episode["split"] == "training"
+    index = 0
+    for (start, end), sentence in zip(windows, annotations["language"]["ann"]):
+        for k, frame in enumerate(frames_of(split, start, end - 1)):
+            item = dataset[index]
+            assert item["task"] == sentence
+            np.testing.assert_array_equal(item["action"].numpy(), frame["rel_actions"].astype(np.float32))
+            np.testing.assert_array_equal(
+                item["observation.state"].numpy(), frame["robot_obs"].astype(np.float32)
+            )
+            np.testing.assert_array_equal(
+                item["observation.environment_state"].numpy(), frame["scene_obs"].astype(np.float32)
+            )
+            assert item["calvin_frame"].item() == start + k and item["calvin_scene"].item() == 3
+            if k in (0, 20):  # decoded video within codec tolerance of the npz pixels
+                for key, feature in (
+                    ("rgb_static", "observation.images.static"),
+                    ("rgb_gripper", "observation.images.gripper"),
+                ):
+                    decoded = (item[feature].permute(1, 2, 0).numpy() * 255).astype(np.float32)
+                    assert np.abs(decoded - frame[key].astype(np.float32)).mean() < 6.0
+            index += 1
+
+
+def test_play_layout_cuts_segments_and_labels_frames(tmp_path, calvin_slice):
+    split = calvin_slice / "training"
+    plan = plan_episodes("training", split, "play", default_task="play", max_episode_frames=30)
+    lengths = [spec.last - spec.first + 1 for _, spec in plan]
+    assert lengths == [30, 18, 30, 18]  # two 48-frame segments cut into <= 30-frame episodes
+    root = convert_calvin(split, "local/calvin_play", root=tmp_path / "play", layout="play", max_episode_frames=30,
+                          absolute_actions=True, max_episodes=2, progress=False)  # fmt: skip
+    dataset = LeRobotDataset("local/calvin_play", root=root, video_backend="pyav")
+    assert dataset.num_episodes == 2 and dataset.num_frames == 48
+    first = np.load(split / "episode_0000126.npz")
+    np.testing.assert_array_equal(dataset[0]["action"].numpy(), first["actions"].astype(np.float32))
+    assert dataset[0]["task"] == "turn on the green light"
+    # Depth is opt-in (the slice keeps it in its first frame only).
+    root = convert_calvin(split, "local/calvin_depth", root=tmp_path / "depth", layout="play", max_episode_frames=1,
+                          depth=True, max_episodes=1, progress=False)  # fmt: skip
+    dataset = LeRobotDataset("local/calvin_depth", root=root, video_backend="pyav")
+    np.testing.assert_array_equal(dataset[0]["depth_static"].numpy(), first["depth_static"])
+
+
+def test_frame_instructions_take_the_latest_starting_window():
+    windows = [(0, 63, "open the drawer"), (37, 100, "lift the red block"), (37, 40, "push the button")]
+    tasks = frame_instructions(30, 102, windows, "play")
+    assert tasks[:7] == ["open the drawer"] * 7  # frames 30..36
+    assert tasks[7:11] == ["push the button"] * 4  # 37..40: equal starts -> the later window
+    assert tasks[11:71] == ["lift the red block"] * 60  # 41..100, also after "open the drawer" ended at 63
+    assert tasks[71:] == ["play", "play"]  # 101, 102: no window
+
+
+def test_scene_fallback_when_scene_info_is_absent(tmp_path, calvin_slice):
+    split = tmp_path / "training"
+    (split / "lang_annotations").mkdir(parents=True)
+    for name in ("ep_start_end_ids.npy", "lang_annotations/auto_lang_ann.npy"):
+        shutil.copy(calvin_slice / "training" / name, split / name)
+    assert {spec.scene for _, spec in plan_episodes("training", split, "windows")} == {-1}
+    assert {spec.scene for _, spec in plan_episodes("training", split, "windows", default_scene=2)} == {2}
+
+
+def test_interrupted_conversion_resumes_to_the_same_dataset(tmp_path, calvin_slice, windows_dataset):
+    split = calvin_slice / "training"
+    root = tmp_path / "resumed"
+    convert_calvin(split, "local/r", root=root, max_episodes=1, progress=False)
+    assert LeRobotDataset("local/r", root=root).num_episodes == 1
+    convert_calvin(split, "local/r", root=root, progress=False)  # continues with the missing episode
+    resumed = LeRobotDataset("local/r", root=root, video_backend="pyav")
+    _, reference = windows_dataset
+    assert resumed.num_episodes == reference.num_episodes and resumed.num_frames == reference.num_frames
+    for i in (0, 47, 48, 95):
+        assert resumed[i]["task"] == reference[i]["task"]
+        torch.testing.assert_close(resumed[i]["action"], reference[i]["action"])
+    assert json.loads((root / "conversion_progress.json").read_text())["finalized"]
+    assert not (root / ".conversion_checkpoint").exists()
+    # Resuming with other options would mix two conversions in one dataset: refused.
+    with pytest.raises(CalvinFormatError, match="layout: 'windows' then, 'play' now"):
+        convert_calvin(split, "local/r", root=root, layout="play", progress=False)
+
+
+# Runs a conversion in a child process that dies like SIGKILL (os._exit: no finally, parquet writers left
+# open, encoder threads gone) right after LeRobot saved its `kill_after`-th episode.
+KILLED_CONVERSION = """
+import os, sys
+from lerobot_defi.conversions import episode_writer
+from lerobot_defi.conversions.calvin import convert_calvin
+
+save, saved = episode_writer._add_episode, []
+def save_then_die(dataset, episode):
+    save(dataset, episode)
+    saved.append(1)
+    if len(saved) == int(sys.argv[3]):
+        os._exit(9)
+episode_writer._add_episode = save_then_die
+convert_calvin(sys.argv[1], "local/killed", root=sys.argv[2], layout="play", max_episode_frames=24,
+               checkpoint_every=2, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def play24_dataset(tmp_path_factory):
+    from defi_test_utils import CALVIN_SLICE
+
+    root = convert_calvin(CALVIN_SLICE / "training", "local/play24", root=tmp_path_factory.mktemp("p") / "ds",
+                          layout="play", max_episode_frames=24, progress=False)  # fmt: skip
+    return LeRobotDataset("local/play24", root=root, video_backend="pyav")
+
+
+@pytest.mark.parametrize("kill_after", [1, 3])  # before / after the first checkpoint that holds episodes
+def test_killed_conversion_resumes_to_the_same_dataset(tmp_path, calvin_slice, play24_dataset, kill_after):
+    split, root = calvin_slice / "training", tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CONVERSION, str(split), str(root), str(kill_after)],
+        env=env,
+        timeout=300,
+    )
+    assert child.returncode == 9
+    progress = json.loads((root / "conversion_progress.json").read_text())
+    assert not progress["finalized"] and len(progress["episodes"]) == kill_after - 1
+    checkpointed = progress["checkpoint"]["episodes"]
+    assert checkpointed == (2 if kill_after == 3 else 0)
+    written_after = set(p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet"))
+    assert written_after - set(progress["checkpoint"]["files"])  # the killed run left an unfinished file
+
+    convert_calvin(split, "local/killed", root=root, layout="play", max_episode_frames=24, checkpoint_every=2,
+                   progress=False)  # fmt: skip
+    resumed = LeRobotDataset("local/killed", root=root, video_backend="pyav")
+    reference = play24_dataset
+    assert (
+        (resumed.num_episodes, resumed.num_frames)
+        == (reference.num_episodes, reference.num_frames)
+        == (4, 96)
+    )
+    # Every non-video column (actions, states, tasks, CALVIN frame ids, indices) is identical.
+    assert resumed.hf_dataset.with_format(None)[:] == reference.hf_dataset.with_format(None)[:]
+    for i in (0, 24, 47, 48, 95):  # pixels decode identically: same frames through the same encoder
+        for key in ("observation.images.static", "observation.images.gripper"):
+            torch.testing.assert_close(resumed[i][key], reference[i][key], rtol=0, atol=0)
+    for key in ("action", "observation.state", "observation.images.static"):
+        for stat in ("mean", "std", "min", "max"):
+            np.testing.assert_array_equal(resumed.meta.stats[key][stat], reference.meta.stats[key][stat])
+    assert json.loads((root / "conversion_progress.json").read_text())["finalized"]
+
+
+def test_bad_input_names_the_file(tmp_path, calvin_slice):
+    with pytest.raises(CalvinFormatError, match="not a CALVIN folder"):
+        convert_calvin(tmp_path, "local/x", root=tmp_path / "out")
+    broken = tmp_path / "broken"
+    shutil.copytree(calvin_slice / "training", broken)
+    (broken / "lang_annotations" / "auto_lang_ann.npy").unlink()
+    with pytest.raises(CalvinFormatError, match=r"auto_lang_ann\.npy"):
+        convert_calvin(broken, "local/x", root=tmp_path / "out")
+    shutil.rmtree(broken)
+    shutil.copytree(calvin_slice / "training", broken)
+    annotations = np.load(broken / "lang_annotations" / "auto_lang_ann.npy", allow_pickle=True).item()
+    annotations["info"]["indx"][1] = (282, 400)
+    np.save(broken / "lang_annotations" / "auto_lang_ann.npy", annotations, allow_pickle=True)
+    with pytest.raises(CalvinFormatError, match=r"window 1 \(282, 400\) is not inside one play segment"):
+        convert_calvin(broken, "local/x", root=tmp_path / "out")
+    shutil.rmtree(broken)
+    shutil.copytree(calvin_slice / "training", broken)
+    corrupt = broken / "episode_0000300.npz"
+    corrupt.write_bytes(corrupt.read_bytes()[:1000])
+    with pytest.raises(ConversionInputError, match=r"episode_0000300\.npz is not a readable CALVIN frame"):
+        convert_calvin(broken, "local/x", root=tmp_path / "out1", progress=False)
+    root = convert_calvin(broken, "local/x", root=tmp_path / "out2", skip_bad=True, progress=False)
+    assert LeRobotDataset("local/x", root=root).num_episodes == 1  # window 0 written, window 1 skipped
+    bad = json.loads((root / "conversion_progress.json").read_text())["bad"]
+    assert list(bad) == ["training/window_000001"] and "episode_0000300.npz" in bad["training/window_000001"]
+    frame = dict(np.load(broken / "episode_0000130.npz"))
+    frame["rgb_static"] = np.zeros((100, 100, 3), np.uint8)
+    np.savez_compressed(broken / "episode_0000130.npz", **frame)
+    with pytest.raises(
+        ConversionInputError,
+        match=r"episode_0000130\.npz: rgb_static is uint8\(100, 100, 3\), expected uint8\(200, 200, 3\)",
+    ):
+        convert_calvin(broken, "local/x", root=tmp_path / "out3", progress=False)
+
+
+def test_cli_writes_a_dataset(tmp_path, calvin_slice, capsys):
+    assert (
+        main(
+            [
+                "--raw-dir",
+                str(calvin_slice / "training"),
+                "--repo-id",
+                "local/cli",
+                "--root",
+                str(tmp_path / "cli"),
+                "--num-workers",
+                "1",
+                "--max-episodes",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert LeRobotDataset("local/cli", root=tmp_path / "cli").num_frames == 48
+    assert (
+        main(["--raw-dir", str(tmp_path), "--repo-id", "local/none", "--root", str(tmp_path / "none")]) == 2
+    )
+    assert "not a CALVIN folder" in capsys.readouterr().err
+
+
+def test_defi_training_step_on_the_converted_dataset(windows_dataset):
+    from defi_test_utils import tiny_config
+    from lerobot.configs.types import FeatureType
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+    from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
+
+    root, _ = windows_dataset
+    config = tiny_config()
+    features = dataset_to_policy_features(LeRobotDataset("local/calvin_windows", root=root).meta.features)
+    config.input_features = {k: f for k, f in features.items() if f.type is not FeatureType.ACTION}
+    config.output_features = {"action": features["action"]}
+    dataset = LeRobotDataset(
+        "local/calvin_windows",
+        root=root,
+        video_backend="pyav",
+        delta_timestamps={"action": [i / 30 for i in range(config.chunk_size)]},
+    )
+    batch = torch.utils.data.default_collate([dataset[i] for i in (0, 30, 60)])
+    pre, _ = make_defi_pre_post_processors(config, dataset_stats=dataset.meta.stats)
+    torch.manual_seed(0)
+    policy = DeFIPolicy(config)
+    loss, info = policy.forward(pre(batch))
+    loss.backward()
+    assert torch.isfinite(loss) and info["action_loss"] > 0
