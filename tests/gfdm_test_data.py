@@ -47,14 +47,23 @@ def _create(root: Path, repo_id: str, fps: int, cameras: dict[str, tuple[int, in
 
 
 def make_calvin_dataset(root: Path, episode_frames: int = 24, num_episodes: int = 3) -> tuple[Path, list]:
-    """Episodes = the first ``episode_frames`` frames of the first language windows (static 200x200 and
-    gripper 84x84 cameras, task = the window's sentence). Returns the root and ``[(frames_static, task)]``."""
+    """Episodes = consecutive ``episode_frames``-frame pieces of the language windows (static 200x200 and
+    gripper 84x84 cameras, task = the window's sentence), ``num_episodes`` of them (the committed slice has two
+    48-frame windows, so pieces of one window may follow each other). Returns the root and
+    ``[(frames_static, task)]``."""
     training = calvin_training_dir()
+    pieces = [
+        (first, min(end, first + episode_frames), text)
+        for start, end, text in calvin_windows(training)
+        for first in range(start, end - episode_frames + 1, episode_frames)
+    ][:num_episodes]
+    if len(pieces) < num_episodes:
+        raise ValueError(f"{training} holds only {len(pieces)} pieces of {episode_frames} frames")
     dataset = _create(root, "local/calvin_gfdm", 30, {"static": (200, 200), "gripper": (84, 84)})
     episodes = []
-    for start, end, text in calvin_windows(training)[:num_episodes]:
+    for first, last, text in pieces:
         statics = []
-        for i in range(start, min(end, start + episode_frames)):
+        for i in range(first, last):
             frame = np.load(training / f"episode_{i:07d}.npz")
             statics.append(frame["rgb_static"])
             dataset.add_frame(
