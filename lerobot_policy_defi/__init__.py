@@ -5,13 +5,9 @@ LeRobot's plugin discovery imports every installed distribution whose name start
 policy class and processor factory, found by LeRobot's naming convention) and the ``calvin`` env type.
 """
 
+from lerobot_defi.envs import CalvinEnvConfig
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
 from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
 
-__all__ = ["DeFIConfig", "DeFIPolicy", "make_defi_pre_post_processors"]
-
-from contextlib import suppress
-
-with suppress(ImportError):  # TODO(lead): make unconditional once lerobot_defi.envs lands
-    from lerobot_defi.envs import CalvinEnvConfig  # noqa: F401
+__all__ = ["CalvinEnvConfig", "DeFIConfig", "DeFIPolicy", "make_defi_pre_post_processors"]

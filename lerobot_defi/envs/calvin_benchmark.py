@@ -1,0 +1,451 @@
+"""``lerobot-defi-eval-calvin``: CALVIN's long-horizon benchmark for any LeRobot policy.
+
+    lerobot-defi-eval-calvin --policy.path=<checkpoint or Hub id> --num-sequences 1000 --ep-len 360 \\
+        --num-workers 8 --output-dir outputs/eval_calvin/my_run
+
+The protocol (CALVIN's ``evaluate_policy``): for each of the first ``num_sequences`` standard
+sequences (deterministic, seed 0), reset the simulator to the sequence's initial scene state and
+give the policy the first instruction; CALVIN's task oracle judges every step; after a success the
+policy is reset and gets the next instruction; a task not solved within ``ep_len`` steps ends the
+sequence. Reported: success rate of 1..5 tasks in a row, average length, per-task success rates,
+and videos of the sequences listed in ``video_sequences``.
+
+Sequences run in ``num_workers`` processes (each with its own simulator and policy copy; on several
+GPUs with ``--policy.device=cuda`` the workers are spread over them). Every finished sequence is
+appended to ``<output_dir>/sequences.jsonl``; ``--resume=true`` continues an interrupted run from it.
+``results.json`` is written only when every sequence has a result.
+"""
+
+import copy
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lerobot.configs import PreTrainedConfig, parser
+from lerobot.utils.import_utils import register_third_party_plugins
+from lerobot.utils.random_utils import set_seed
+from lerobot.utils.utils import init_logging
+from tqdm import tqdm
+
+from lerobot_defi.envs.calvin import SEQUENCE_INDEX_OPTION, CalvinEnv
+from lerobot_defi.envs.calvin_metrics import chain_success_rates, format_summary, summarize
+from lerobot_defi.envs.calvin_sequences import STANDARD_SEQUENCES_FILE, SUBTASKS_PER_SEQUENCE
+from lerobot_defi.envs.calvin_simulator import (
+    CALVIN_ENV_INSTALL_HINT,
+    DEFAULT_SCENE,
+    CalvinEnvNotInstalledError,
+    calvin_env_available,
+)
+from lerobot_defi.envs.calvin_video import SequenceVideoWriter
+from lerobot_defi.envs.configuration_calvin import CalvinEnvConfig, PolicyEnvMismatchError
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+SEQUENCES_FILE = "sequences.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+VIDEOS_DIR = "videos"
+# Settings that change the numbers: a resumed run must use the same ones.
+PROTOCOL_KEYS = (
+    "policy",
+    "ep_len",
+    "sequences_sha256",
+    "scene",
+    "dataset_dir",
+    "renderer",
+    "seed",
+    "rename_map",
+)
+
+
+@dataclass
+class CalvinBenchmarkConfig:
+    """Options of ``lerobot-defi-eval-calvin`` (dashes or underscores both work on the command line)."""
+
+    # The policy: --policy.path=<folder or Hub id> (plus --policy.<field> overrides, e.g. --policy.device=cuda),
+    # or --policy.type=<type> for random weights (smoke tests).
+    policy: PreTrainedConfig | None = None
+    num_sequences: int = 1000
+    # Steps allowed per instruction: 360 is CALVIN's protocol, 720 what DeFI's evaluation code uses.
+    ep_len: int = 360
+    num_workers: int = 1
+    output_dir: Path | None = None
+    # Continue the run found in output_dir (sequences.jsonl) instead of refusing to overwrite it.
+    resume: bool = False
+    # Indices of the sequences to film (e.g. --video_sequences='[0,1,2]'), written to output_dir/videos.
+    video_sequences: list[int] = field(default_factory=list)
+    # JSON list of [initial_condition, [task, ...]]; default: the 1000 standard sequences.
+    sequences_file: str | None = None
+    # CALVIN validation split folder (simulator config + instructions); default: calvin_env's scene config.
+    dataset_dir: str | None = None
+    scene: str = DEFAULT_SCENE
+    renderer: str = "auto"
+    # "package.module:function" building (simulator, oracle) instead of calvin_env (see calvin_simulator.py).
+    simulator_factory: str | None = None
+    # Env key -> policy key, as lerobot-eval's --rename_map.
+    rename_map: dict[str, str] = field(default_factory=dict)
+    # Torch/numpy seed before sequence i is seed + i (sampling policies give the same result in any worker).
+    seed: int = 0
+
+    def __post_init__(self):
+        policy_path = parser.get_path_arg("policy")
+        if policy_path:
+            overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
+            self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
+            self.policy.pretrained_path = Path(policy_path)
+        if self.num_sequences < 1:
+            raise ValueError(f"--num_sequences must be >= 1, got {self.num_sequences}")
+        if self.ep_len < 1:
+            raise ValueError(f"--ep_len must be >= 1, got {self.ep_len}")
+        if self.num_workers < 1:
+            raise ValueError(f"--num_workers must be >= 1, got {self.num_workers}")
+
+    @classmethod
+    def __get_path_fields__(cls) -> list[str]:
+        return ["policy"]
+
+    def env_config(self) -> CalvinEnvConfig:
+        return CalvinEnvConfig(
+            episode_length=self.ep_len,
+            subtasks_per_episode=SUBTASKS_PER_SEQUENCE,
+            sequences_file=self.sequences_file,
+            dataset_dir=self.dataset_dir,
+            scene=self.scene,
+            renderer=self.renderer,
+            simulator_factory=self.simulator_factory,
+        )
+
+    def protocol(self) -> dict:
+        """The settings that determine the results (compared on resume), JSON-ready."""
+        sequences_path = Path(self.sequences_file) if self.sequences_file else STANDARD_SEQUENCES_FILE
+        return {
+            "policy": str(self.policy.pretrained_path or f"random {self.policy.type}"),
+            "policy_type": self.policy.type,
+            "ep_len": self.ep_len,
+            "sequences_sha256": hashlib.sha256(sequences_path.read_bytes()).hexdigest(),
+            "scene": self.scene,
+            "dataset_dir": self.dataset_dir,
+            "renderer": self.renderer,
+            "seed": self.seed,
+            "rename_map": dict(self.rename_map),
+            "num_sequences": self.num_sequences,
+        }
+
+
+@dataclass
+class SequenceResult:
+    """What one sequence gave: tasks solved in a row, steps spent per attempted task, timings."""
+
+    index: int
+    tasks: list[str]
+    completed: int
+    subtask_steps: list[int]
+    env_steps: int
+    sim_seconds: float
+    policy_seconds: float
+    video: str | None = None
+
+
+def run_sequence(env: CalvinEnv, agent, index: int, video_path: Path | None = None) -> SequenceResult:
+    """Play sequence ``index`` to its end; ``agent`` has ``reset()`` and ``act(observation, instruction)``."""
+    observation, info = env.reset(options={SEQUENCE_INDEX_OPTION: index})
+    agent.reset()
+    writer = SequenceVideoWriter(video_path, fps=env.metadata["render_fps"]) if video_path else None
+    subtask_steps, steps_in_task, env_steps = [], 0, 0
+    sim_seconds = policy_seconds = 0.0
+    try:
+        if writer:
+            writer.add(observation, f"1/{env.subtasks_per_episode} {env.task_description}")
+        while True:
+            caption = f"{info['completed_subtasks'] + 1}/{env.subtasks_per_episode} {env.task_description}"
+            start = time.perf_counter()
+            action = agent.act(observation, env.task_description)
+            stepped = time.perf_counter()
+            observation, _, terminated, truncated, info = env.step(action)
+            sim_seconds += time.perf_counter() - stepped
+            policy_seconds += stepped - start
+            env_steps += 1
+            steps_in_task += 1
+            task_ended = info["subtask_success"] or truncated
+            if task_ended:
+                subtask_steps.append(steps_in_task)
+                steps_in_task = 0
+            if writer:
+                writer.add(observation, caption, outcome=info["subtask_success"] if task_ended else None)
+            if terminated or truncated:
+                break
+            if info["subtask_success"]:
+                agent.reset()  # a new instruction starts from a fresh policy state, as in CALVIN's protocol
+    finally:
+        if writer:
+            writer.close()
+    return SequenceResult(
+        index=index,
+        tasks=list(env.sequence.tasks),
+        completed=info["completed_subtasks"],
+        subtask_steps=subtask_steps,
+        env_steps=env_steps,
+        sim_seconds=sim_seconds,
+        policy_seconds=policy_seconds,
+        video=str(video_path) if video_path else None,
+    )
+
+
+# ---- workers ---------------------------------------------------------------------------------------
+
+
+def _worker_device(cfg: CalvinBenchmarkConfig, worker_id: int) -> tuple[str | None, int | None]:
+    """(policy device, CUDA index for EGL) of worker ``worker_id``; bare 'cuda' spreads workers over GPUs."""
+    device = cfg.policy.device
+    if not device or not device.startswith("cuda") or not torch.cuda.is_available():
+        return device, None
+    if device == "cuda":
+        index = worker_id % torch.cuda.device_count()
+        return f"cuda:{index}", index
+    return device, torch.device(device).index or 0
+
+
+def _build_worker(cfg: CalvinBenchmarkConfig, worker_id: int):
+    from lerobot_defi.envs.policy_agent import build_policy_agent
+
+    policy_cfg = copy.deepcopy(cfg.policy)
+    policy_cfg.device, cuda_index = _worker_device(cfg, worker_id)
+    env_cfg = cfg.env_config()
+    agent = build_policy_agent(policy_cfg, env_cfg, cfg.rename_map)
+    env = CalvinEnv(**env_cfg.gym_kwargs, cuda_device_index=cuda_index)
+    return env, agent
+
+
+def _video_path(cfg: CalvinBenchmarkConfig, index: int) -> Path | None:
+    return (
+        Path(cfg.output_dir) / VIDEOS_DIR / f"sequence_{index:04d}.mp4"
+        if index in cfg.video_sequences
+        else None
+    )
+
+
+def _evaluate_one(cfg: CalvinBenchmarkConfig, env, agent, index: int) -> SequenceResult:
+    set_seed(cfg.seed + index)
+    return run_sequence(env, agent, index, _video_path(cfg, index))
+
+
+def _worker_main(cfg: CalvinBenchmarkConfig, worker_id: int, tasks: mp.Queue, results: mp.Queue) -> None:
+    """Process entry: evaluate the sequence indices taken from ``tasks`` until a ``None``."""
+    try:
+        register_third_party_plugins()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.num_workers))
+        env, agent = _build_worker(cfg, worker_id)
+        try:
+            while (index := tasks.get()) is not None:
+                results.put(("result", dataclasses.asdict(_evaluate_one(cfg, env, agent, index))))
+        finally:
+            env.close()
+    except BaseException:
+        results.put(("error", f"worker {worker_id}:\n{traceback.format_exc()}"))
+
+
+def _run_in_process(cfg: CalvinBenchmarkConfig, todo: list[int]):
+    env, agent = _build_worker(cfg, 0)
+    try:
+        for index in todo:
+            yield _evaluate_one(cfg, env, agent, index)
+    finally:
+        env.close()
+
+
+def _run_in_workers(cfg: CalvinBenchmarkConfig, todo: list[int]):
+    context = mp.get_context("spawn")  # fork is unsafe with torch threads, CUDA and EGL
+    tasks, results = context.Queue(), context.Queue()
+    for index in todo:
+        tasks.put(index)
+    workers = [
+        context.Process(target=_worker_main, args=(cfg, k, tasks, results), daemon=True)
+        for k in range(min(cfg.num_workers, len(todo)))
+    ]
+    for worker in workers:
+        tasks.put(None)
+        worker.start()
+    try:
+        for _ in todo:
+            while True:
+                try:
+                    kind, payload = results.get(timeout=5.0)
+                    break
+                except queue.Empty:
+                    dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+                    if dead:
+                        raise RuntimeError(
+                            f"a CALVIN evaluation worker died (exit code {dead[0].exitcode}) without a report"
+                        ) from None
+            if kind == "error":
+                raise RuntimeError(f"a CALVIN evaluation worker failed, {payload}")
+            yield SequenceResult(**payload)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join(timeout=10)
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+
+def _read_finished(path: Path) -> dict[int, SequenceResult]:
+    finished = {}
+    if not path.is_file():
+        return finished
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            result = SequenceResult(**json.loads(line))
+        except (json.JSONDecodeError, TypeError) as error:
+            if number == len(lines):  # a run killed mid-write leaves a partial last line
+                logger.warning(f"{path}: ignoring the unreadable last line ({error})")
+                continue
+            raise ValueError(f"{path}, line {number}: not a sequence result ({error})") from None
+        finished[result.index] = result
+    return finished
+
+
+def _prepare_output_dir(cfg: CalvinBenchmarkConfig) -> dict[int, SequenceResult]:
+    """Create or check ``output_dir``; return the results already there (resume)."""
+    output_dir = Path(cfg.output_dir)
+    protocol = cfg.protocol()
+    run_config_path = output_dir / RUN_CONFIG_FILE
+    if run_config_path.is_file():
+        if not cfg.resume:
+            raise FileExistsError(
+                f"{output_dir} already holds a CALVIN evaluation; pass --resume=true to continue it "
+                "or choose another --output_dir"
+            )
+        previous = json.loads(run_config_path.read_text())
+        changed = {k: (previous.get(k), protocol[k]) for k in PROTOCOL_KEYS if previous.get(k) != protocol[k]}
+        if changed:
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"cannot resume {output_dir}: the evaluation settings differ ({details})")
+    elif cfg.resume:
+        logger.warning(f"--resume: {run_config_path} not found, starting a new evaluation")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run_config_path.write_text(json.dumps(protocol, indent=2))
+    sequences_path = output_dir / SEQUENCES_FILE
+    finished = _read_finished(sequences_path)
+    if sequences_path.is_file():  # rewrite without a partial last line, so new results append cleanly
+        partial = sequences_path.with_suffix(".jsonl.tmp")
+        partial.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in finished.values()))
+        partial.replace(sequences_path)
+    return {i: r for i, r in finished.items() if i < cfg.num_sequences}
+
+
+def _progress_text(completed: list[int]) -> str:
+    rates = chain_success_rates(completed)
+    return (
+        " ".join(f"{i + 1}/5:{r * 100:.0f}%" for i, r in enumerate(rates))
+        + f" avg_len:{sum(completed) / len(completed):.2f}"
+    )
+
+
+def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
+    """Run (or finish) the evaluation described by ``cfg``; return and write ``results.json``'s content."""
+    if cfg.policy is None:
+        raise ValueError(
+            "no policy: pass --policy.path=<checkpoint folder or Hub id> (or --policy.type=<type>)"
+        )
+    env_cfg = cfg.env_config()
+    env_cfg.validate_policy_features(cfg.policy, cfg.rename_map)  # before any simulator starts
+    if cfg.simulator_factory is None and not calvin_env_available():
+        raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+    probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
+    if cfg.num_sequences > len(probe.sequences):
+        raise ValueError(
+            f"--num_sequences={cfg.num_sequences} but only {len(probe.sequences)} sequences exist"
+        )
+    if cfg.output_dir is None:
+        now = dt.datetime.now()
+        cfg.output_dir = (
+            Path("outputs/eval_calvin")
+            / f"{now:%Y-%m-%d}"
+            / f"{now:%H-%M-%S}_{cfg.policy.type}_ep{cfg.ep_len}"
+        )
+    finished = _prepare_output_dir(cfg)
+    todo = [i for i in range(cfg.num_sequences) if i not in finished]
+    logger.info(
+        f"CALVIN long-horizon evaluation: {cfg.num_sequences} sequences, ep_len {cfg.ep_len}, "
+        f"{len(finished)} already done, {len(todo)} to run with {cfg.num_workers} worker(s) -> {cfg.output_dir}"
+    )
+    start = time.perf_counter()
+    if todo:
+        runner = _run_in_process(cfg, todo) if cfg.num_workers == 1 else _run_in_workers(cfg, todo)
+        with (
+            open(Path(cfg.output_dir) / SEQUENCES_FILE, "a") as log,
+            tqdm(total=len(todo), desc="CALVIN sequences") as bar,
+        ):
+            for result in runner:
+                log.write(json.dumps(dataclasses.asdict(result)) + "\n")
+                log.flush()
+                finished[result.index] = result
+                bar.set_postfix_str(_progress_text([r.completed for r in finished.values()]))
+                bar.update()
+    ordered = [finished[i] for i in range(cfg.num_sequences)]
+    summary = summarize([r.tasks for r in ordered], [r.completed for r in ordered])
+    env_steps = sum(r.env_steps for r in ordered)
+    sim_seconds = sum(r.sim_seconds for r in ordered)
+    summary.update(
+        {
+            "protocol": cfg.protocol(),
+            "env_steps": env_steps,
+            "sim_steps_per_second": env_steps / sim_seconds if sim_seconds > 0 else None,
+            "policy_seconds_per_step": sum(r.policy_seconds for r in ordered) / max(env_steps, 1),
+            "wall_seconds_this_run": time.perf_counter() - start,
+            "videos": [r.video for r in ordered if r.video],
+        }
+    )
+    (Path(cfg.output_dir) / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"Results: {Path(cfg.output_dir) / RESULTS_FILE}")
+    return summary
+
+
+@parser.wrap()
+def _main(cfg: CalvinBenchmarkConfig) -> dict:
+    return run_benchmark(cfg)
+
+
+def normalize_option_names(argv: list[str]) -> list[str]:
+    """``--num-sequences 5`` -> ``--num_sequences 5`` (option names only; values are kept)."""
+    normalized = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, sep, value = arg[2:].partition("=")
+            arg = f"--{name.replace('-', '_')}{sep}{value}"
+        normalized.append(arg)
+    return normalized
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``argv`` (without the program name) defaults to the command line."""
+    init_logging()
+    register_third_party_plugins()
+    saved_argv = sys.argv
+    sys.argv = [sys.argv[0], *normalize_option_names(sys.argv[1:] if argv is None else argv)]
+    try:
+        _main()
+    except (CalvinEnvNotInstalledError, PolicyEnvMismatchError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        sys.argv = saved_argv
+
+
+if __name__ == "__main__":
+    main()

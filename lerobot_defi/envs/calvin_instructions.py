@@ -1,0 +1,44 @@
+"""The language instruction a policy receives for each CALVIN task during evaluation.
+
+CALVIN's evaluation gives, for each of its 34 tasks, the first sentence of the validation
+annotations (sentences never seen in training). They are read from a CALVIN dataset's validation
+split (``<split>/lang_annotations/embeddings.npy``: ``{task: {"ann": [sentence, ...], "emb": ...}}``)
+or, without a dataset, from the copy shipped with this package
+(``calvin_validation_instructions.json``, ``{task: sentence}``).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+PACKAGED_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_validation_instructions.json"
+EMBEDDINGS_FILE = Path("lang_annotations") / "embeddings.npy"
+
+
+def load_instructions(dataset_dir: str | Path | None = None) -> dict[str, str]:
+    """``{task_name: instruction}`` from a CALVIN validation split folder, or the packaged copy."""
+    if dataset_dir is None:
+        with open(PACKAGED_INSTRUCTIONS_FILE) as f:
+            return dict(json.load(f))
+    path = Path(dataset_dir) / EMBEDDINGS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --dataset_dir must be a CALVIN validation split folder "
+            f"(e.g. task_ABC_D/validation) holding {EMBEDDINGS_FILE}"
+        )
+    annotations = np.load(path, allow_pickle=True).item()
+    instructions = {}
+    for task, entry in annotations.items():
+        sentences = entry.get("ann") if isinstance(entry, dict) else None
+        if not sentences:
+            raise ValueError(f"{path}: task {task!r} has no 'ann' sentences")
+        instructions[task] = str(sentences[0])
+    return instructions
+
+
+def check_instructions_cover(instructions: dict[str, str], tasks: set[str], source: str) -> None:
+    """Raise ``KeyError`` naming the tasks that have no instruction in ``source``."""
+    missing = sorted(tasks - set(instructions))
+    if missing:
+        raise KeyError(f"no instruction for the CALVIN tasks {missing} in {source}")

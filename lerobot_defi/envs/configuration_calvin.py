@@ -1,0 +1,198 @@
+"""``--env.type=calvin``: the LeRobot ``EnvConfig`` of the CALVIN simulator.
+
+``lerobot-eval --policy.path=... --env.type=calvin`` evaluates a policy on CALVIN's standard
+evaluation sequences: episode ``k`` plays sequence ``first_sequence + k`` and chains its first
+``subtasks_per_episode`` tasks (1 by default, which makes ``pc_success`` the benchmark's 1/5 success
+rate; with 5 the average return is the average sequence length, but lerobot-eval does not reset the
+policy between instructions — ``lerobot-defi-eval-calvin`` runs the full protocol).
+
+Importing this module imports neither calvin_env nor PyBullet.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import gymnasium as gym
+from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.envs.configs import EnvConfig
+from lerobot.envs.utils import env_to_policy_features, freeze_after_episode_end
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
+
+from lerobot_defi.envs.calvin import (
+    ACTION_DIM,
+    CONTROL_FPS,
+    GRIPPER_IMAGE_SHAPE,
+    ROBOT_OBS_DIM,
+    SCENE_OBS_DIM,
+    STATIC_IMAGE_SHAPE,
+    make_calvin_env,
+)
+from lerobot_defi.envs.calvin_sequences import SUBTASKS_PER_SEQUENCE
+from lerobot_defi.envs.calvin_simulator import (
+    CALVIN_ENV_INSTALL_HINT,
+    DEFAULT_SCENE,
+    RENDERERS,
+    CalvinEnvNotInstalledError,
+    calvin_env_available,
+    use_egl_for,
+)
+
+logger = logging.getLogger(__name__)
+
+STATIC_CAMERA_KEY = f"{OBS_IMAGES}.static"
+GRIPPER_CAMERA_KEY = f"{OBS_IMAGES}.gripper"
+
+
+class PolicyEnvMismatchError(ValueError):
+    """A policy needs observations CALVIN does not serve, or acts in another action space."""
+
+
+@EnvConfig.register_subclass("calvin")
+@dataclass
+class CalvinEnvConfig(EnvConfig):
+    """CALVIN (PyBullet) with static + gripper cameras, robot state and relative 7-D actions."""
+
+    # Unused: the tasks come from the evaluation sequences.
+    task: str | None = None
+    fps: int = CONTROL_FPS
+    # Steps allowed per instruction: 360 in CALVIN's protocol, 720 in DeFI's evaluation code.
+    episode_length: int = 360
+    # Instructions chained per episode (1..5).
+    subtasks_per_episode: int = 1
+    # Episode k plays evaluation sequence first_sequence + k (modulo the number of sequences).
+    first_sequence: int = 0
+    # JSON file of [initial_condition, [task, ...]] pairs; default: the 1000 standard sequences.
+    sequences_file: str | None = None
+    # A CALVIN validation split folder (e.g. task_ABC_D/validation): simulator config from its
+    # .hydra/merged_config.yaml and instructions from lang_annotations/. Default: calvin_env's
+    # own config of `scene` and the packaged validation instructions.
+    dataset_dir: str | None = None
+    scene: str = DEFAULT_SCENE
+    # "auto" (EGL if an EGL library exists: GPU, or Mesa on CPU), "egl", or "tiny" (CPU TinyRenderer).
+    renderer: str = "auto"
+    # "package.module:function" building (simulator, oracle) instead of calvin_env; see calvin_simulator.py.
+    simulator_factory: str | None = None
+    features: dict[str, PolicyFeature] = field(
+        default_factory=lambda: {
+            "pixels/static": PolicyFeature(type=FeatureType.VISUAL, shape=STATIC_IMAGE_SHAPE),
+            "pixels/gripper": PolicyFeature(type=FeatureType.VISUAL, shape=GRIPPER_IMAGE_SHAPE),
+            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(ROBOT_OBS_DIM,)),
+            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
+        }
+    )
+    features_map: dict[str, str] = field(
+        default_factory=lambda: {
+            "pixels/static": STATIC_CAMERA_KEY,
+            "pixels/gripper": GRIPPER_CAMERA_KEY,
+            "agent_pos": OBS_STATE,
+            "environment_state": OBS_ENV_STATE,
+            ACTION: ACTION,
+        }
+    )
+
+    def __post_init__(self):
+        if self.episode_length < 1:
+            raise ValueError(f"env.episode_length must be >= 1, got {self.episode_length}")
+        if not 1 <= self.subtasks_per_episode <= SUBTASKS_PER_SEQUENCE:
+            raise ValueError(
+                f"env.subtasks_per_episode must be in [1, {SUBTASKS_PER_SEQUENCE}], got {self.subtasks_per_episode}"
+            )
+        if self.first_sequence < 0:
+            raise ValueError(f"env.first_sequence must be >= 0, got {self.first_sequence}")
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"env.renderer must be one of {RENDERERS}, got {self.renderer!r}")
+
+    @property
+    def package_name(self) -> str:
+        return "lerobot_defi.envs"
+
+    @property
+    def gym_kwargs(self) -> dict:
+        return {
+            "episode_length": self.episode_length,
+            "subtasks_per_episode": self.subtasks_per_episode,
+            "sequences": self.sequences_file,
+            "scene": self.scene,
+            "dataset_dir": self.dataset_dir,
+            "renderer": self.renderer,
+            "simulator_factory": self.simulator_factory,
+        }
+
+    def provided_policy_features(self) -> dict[str, PolicyFeature]:
+        """Every observation/action key the env serves to a policy, with LeRobot (C, H, W) image shapes."""
+        provided = env_to_policy_features(self)
+        provided[OBS_ENV_STATE] = PolicyFeature(type=FeatureType.ENV, shape=(SCENE_OBS_DIM,))
+        return provided
+
+    def validate_policy_features(self, policy_cfg, rename_map: dict[str, str] | None = None) -> None:
+        """Raise ``PolicyEnvMismatchError`` if the policy needs inputs CALVIN does not serve or acts in another space.
+
+        ``rename_map`` maps env keys to the policy's keys, as ``lerobot-eval --rename_map`` does.
+        Policies without declared input features (built from scratch) take the env's and pass.
+        """
+        rename_map = rename_map or {}
+        provided = {rename_map.get(key, key): ft for key, ft in self.provided_policy_features().items()}
+        problems = []
+        for key, feature in (policy_cfg.input_features or {}).items():
+            served = provided.get(key)
+            if served is None:
+                problems.append(f"{key} {tuple(feature.shape)} is not served by the CALVIN env")
+            elif feature.type is FeatureType.VISUAL and tuple(feature.shape)[:1] != (3,):
+                problems.append(
+                    f"{key} expects {tuple(feature.shape)}; CALVIN cameras are RGB {served.shape}"
+                )
+            elif feature.type is not FeatureType.VISUAL and tuple(feature.shape) != tuple(served.shape):
+                problems.append(f"{key} expects shape {tuple(feature.shape)}; CALVIN serves {served.shape}")
+        action = (policy_cfg.output_features or {}).get(ACTION)
+        if action is not None and tuple(action.shape) != (ACTION_DIM,):
+            problems.append(
+                f"{ACTION} is {tuple(action.shape)}; CALVIN takes ({ACTION_DIM},) relative actions"
+            )
+        if problems:
+            served = ", ".join(f"{k} {tuple(f.shape)}" for k, f in provided.items())
+            source = getattr(policy_cfg, "pretrained_path", None) or "the policy config"
+            raise PolicyEnvMismatchError(
+                f"The {getattr(policy_cfg, 'type', '?')} policy from {source} does not fit the CALVIN env:\n  - "
+                + "\n  - ".join(problems)
+                + f"\nCALVIN serves: {served}."
+                + "\nRename env keys to the policy's with --rename_map='{\"observation.images.static\": "
+                '"observation.images.<your camera>"}\' if only the names differ.'
+            )
+
+    def create_envs(
+        self, n_envs: int, use_async_envs: bool = False
+    ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
+        """One vector env of ``n_envs`` CALVIN envs; sub-env i plays sequences i, i + n, ... (offset)."""
+        if self.simulator_factory is None and not calvin_env_available():
+            raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+        env_fns = [
+            freeze_after_episode_end(
+                partial(
+                    make_calvin_env,
+                    sequence_offset=self.first_sequence + i,
+                    sequence_stride=n_envs,
+                    **self.gym_kwargs,
+                )
+            )
+            for i in range(n_envs)
+        ]
+        if (
+            n_envs > 1
+            and not use_async_envs
+            and self.simulator_factory is None
+            and use_egl_for(self.renderer)
+        ):
+            logger.warning(
+                "PyBullet's EGL renderer draws for one simulator per process: running the %d CALVIN envs in "
+                "worker processes (AsyncVectorEnv) although use_async_envs=false.",
+                n_envs,
+            )
+            use_async_envs = True
+        if use_async_envs and n_envs > 1:
+            vector_env = gym.vector.AsyncVectorEnv(
+                env_fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
+            )
+        else:
+            vector_env = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        return {self.type: {0: vector_env}}
