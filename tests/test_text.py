@@ -67,7 +67,7 @@ def test_each_instruction_is_encoded_once_and_batches_match_single_calls():
 def test_cache_is_bounded_and_dropped_on_move():
     encoders = tiny_encoders(cache_size=2)
     encoders(["a", "b", "c"])
-    assert len(encoders._cache) == 2 and "a" not in encoders._cache
+    assert len(encoders._cache) == 2 and "a" not in encoders._cache and "c" in encoders._cache
     encoders.to(torch.float64)
     assert len(encoders._cache) == 0
     assert not encoders.train().training  # frozen encoders stay in eval mode

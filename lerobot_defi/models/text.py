@@ -72,36 +72,36 @@ def _config_without_private_keys(config) -> dict:
     }
 
 
-def load_clip_text(
-    path: str | None, config: dict | None, tokenizer_dir: str | Path | None = None, *, skeleton: bool = False
-) -> tuple[CLIPTextModelWithProjection, PreTrainedTokenizerBase, dict]:
-    """CLIP text tower with projection + tokenizer, and the architecture dict to rebuild it offline.
+def _load_text_model(model_class, config_class, path, config, tokenizer_dir, kind: str, skeleton: bool):
+    """A frozen text model + tokenizer, and the architecture dict to rebuild it offline.
 
     ``path`` (Hub id or folder) loads pretrained weights unless ``skeleton`` (weights come from elsewhere);
     otherwise the model is built from ``config``. ``tokenizer_dir`` overrides where the tokenizer comes from.
     """
     if path is not None and not skeleton:
-        model = CLIPTextModelWithProjection.from_pretrained(path)
+        model = model_class.from_pretrained(path)
     elif config is not None:
-        model = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+        model = model_class(config_class(**config))
     else:
-        raise ValueError("CLIP text encoder: give `clip_text_path` (Hub id or folder) or `clip_text_config`")
-    tokenizer = _load_tokenizer(tokenizer_dir, path, "clip")
+        raise ValueError(f"{kind} text encoder: give its path (Hub id or folder) or an architecture config")
+    tokenizer = _load_tokenizer(tokenizer_dir, path, kind)
     return model, tokenizer, _config_without_private_keys(model.config)
+
+
+def load_clip_text(
+    path: str | None, config: dict | None, tokenizer_dir: str | Path | None = None, *, skeleton: bool = False
+) -> tuple[CLIPTextModelWithProjection, PreTrainedTokenizerBase, dict]:
+    """CLIP text tower with projection + tokenizer + architecture dict (see :func:`_load_text_model`)."""
+    return _load_text_model(
+        CLIPTextModelWithProjection, CLIPTextConfig, path, config, tokenizer_dir, "clip", skeleton
+    )
 
 
 def load_t5(
     path: str | None, config: dict | None, tokenizer_dir: str | Path | None = None, *, skeleton: bool = False
 ) -> tuple[T5EncoderModel, PreTrainedTokenizerBase, dict]:
-    """T5 encoder + tokenizer, and the architecture dict to rebuild it offline (see :func:`load_clip_text`)."""
-    if path is not None and not skeleton:
-        model = T5EncoderModel.from_pretrained(path)
-    elif config is not None:
-        model = T5EncoderModel(T5Config(**config))
-    else:
-        raise ValueError("T5 encoder: give `t5_path` (Hub id or folder) or `t5_config`")
-    tokenizer = _load_tokenizer(tokenizer_dir, path, "t5")
-    return model, tokenizer, _config_without_private_keys(model.config)
+    """T5 encoder + tokenizer + architecture dict (see :func:`_load_text_model`)."""
+    return _load_text_model(T5EncoderModel, T5Config, path, config, tokenizer_dir, "t5", skeleton)
 
 
 def _load_tokenizer(tokenizer_dir: str | Path | None, path: str | None, kind: str) -> PreTrainedTokenizerBase:
@@ -110,6 +110,63 @@ def _load_tokenizer(tokenizer_dir: str | Path | None, path: str | None, kind: st
     if path is not None:
         return AutoTokenizer.from_pretrained(path)
     return build_byte_level_tokenizer(kind)
+
+
+class InstructionCache:
+    """LRU cache of per-instruction values: each distinct string is encoded once."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict[str, object] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self._entries
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def lookup(self, texts: list[str], encode) -> list:
+        """Values of ``texts``; ``encode(missing_texts) -> list`` computes the ones not cached yet."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._entries))
+        if missing:
+            self._entries.update(zip(missing, encode(missing)))
+        values = []
+        for text in texts:
+            self._entries.move_to_end(text)
+            values.append(self._entries[text])
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return values
+
+
+def pad_token_states(states: list[Tensor], pad_to_multiple_of: int = 1) -> tuple[Tensor, Tensor]:
+    """``[(L_i, D)]`` -> zero-padded ``(B, L, D)`` and mask ``(B, L)`` (True = token), L = the longest rounded up
+    to a multiple of ``pad_to_multiple_of``."""
+    longest = max(s.shape[0] for s in states)
+    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    hidden = states[0].new_zeros(len(states), length, states[0].shape[-1])
+    mask = torch.zeros(len(states), length, dtype=torch.bool, device=hidden.device)
+    for i, state in enumerate(states):
+        hidden[i, : state.shape[0]] = state
+        mask[i, : state.shape[0]] = True
+    return hidden, mask
+
+
+@torch.no_grad()
+def encode_t5_each(
+    model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]
+) -> list[Tensor]:
+    """T5 states ``(L_i, D)`` of each text encoded on its own (no padding), so they do not depend on which other
+    instructions shared the batch: runs are reproducible to the bit."""
+    device = next(model.parameters()).device
+    states = []
+    for text in texts:
+        input_ids = tokenizer([text], return_tensors="pt").input_ids.to(device)
+        states.append(model(input_ids=input_ids).last_hidden_state[0].float())
+    return states
 
 
 @dataclass
@@ -145,11 +202,10 @@ class InstructionEncoders(nn.Module):
         self.t5_tokenizer = t5_tokenizer
         self.context_length = context_length
         self.goal_length = goal_length
-        self.cache_size = cache_size
         # T5 tokens are padded to the longest instruction of the batch, rounded up to this multiple (padding is
         # masked, so results do not change; a multiple > 1 keeps shapes static for compiled code).
         self.pad_to_multiple_of = 1
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor | None]] = OrderedDict()
+        self._cache = InstructionCache(cache_size)
 
     def train(self, mode: bool = True):
         # Frozen: stay in eval mode (no dropout) whatever the parent does.
@@ -181,35 +237,15 @@ class InstructionEncoders(nn.Module):
         pooled = self.clip(input_ids=goal).text_embeds.float()
         t5_states: list[Tensor | None] = [None] * len(texts)
         if self.t5 is not None:
-            tokens = self.t5_tokenizer(texts, padding=True, return_tensors="pt").to(device)
-            states = self.t5(
-                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
-            ).last_hidden_state
-            lengths = tokens.attention_mask.sum(-1).tolist()
-            t5_states = [states[i, :n].float() for i, n in enumerate(lengths)]
+            t5_states = encode_t5_each(self.t5, self.t5_tokenizer, texts)
         return [(hidden[i], pooled[i], t5_states[i]) for i in range(len(texts))]
 
     def forward(self, texts: list[str]) -> InstructionEmbeddings:
         """Encode a batch of instructions; each distinct string is computed once and then cached."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, entry in zip(missing, self._encode_uncached(missing)):
-                self._cache[text] = entry
-        entries = []
-        for text in texts:
-            self._cache.move_to_end(text)
-            entries.append(self._cache[text])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        entries = self._cache.lookup(texts, self._encode_uncached)
         clip_hidden = torch.stack([e[0] for e in entries])
         clip_pooled = torch.stack([e[1] for e in entries])
         if self.t5 is None:
             return InstructionEmbeddings(clip_hidden, clip_pooled, None, None)
-        lengths = [e[2].shape[0] for e in entries]
-        padded = -(-max(lengths) // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        t5_hidden = clip_hidden.new_zeros(len(texts), padded, entries[0][2].shape[-1])
-        t5_mask = torch.zeros(len(texts), padded, dtype=torch.bool, device=clip_hidden.device)
-        for i, (entry, n) in enumerate(zip(entries, lengths)):
-            t5_hidden[i, :n] = entry[2]
-            t5_mask[i, :n] = True
+        t5_hidden, t5_mask = pad_token_states([e[2] for e in entries], self.pad_to_multiple_of)
         return InstructionEmbeddings(clip_hidden, clip_pooled, t5_hidden, t5_mask)

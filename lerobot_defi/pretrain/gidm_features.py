@@ -15,14 +15,12 @@ the GIDM's inputs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase, T5EncoderModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from lerobot_defi.models.text import load_t5
+from lerobot_defi.models.text import InstructionCache, encode_t5_each, load_t5, pad_token_states
 
 DINOV2_OFFICIAL_ID = "facebook/dinov2-with-registers-base"  # = torch.hub dinov2_vitb14_reg
 T5_OFFICIAL_ID = "google-t5/t5-base"
@@ -83,8 +81,7 @@ class T5InstructionFeatures(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Tensor] = OrderedDict()
+        self._cache = InstructionCache(cache_size)
 
     @classmethod
     def load(cls, path: str | None, config: dict | None = None) -> T5InstructionFeatures:
@@ -102,27 +99,11 @@ class T5InstructionFeatures(nn.Module):
     def hidden_size(self) -> int:
         return self.model.config.d_model
 
-    @torch.no_grad()
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        device = next(self.model.parameters()).device
-        # Each new instruction is encoded on its own (no padding), so its states do not depend on which batch
-        # it first appeared in: runs (and resumed runs) are reproducible to the bit.
-        for text in dict.fromkeys(t for t in texts if t not in self._cache):
-            input_ids = self.tokenizer([text], return_tensors="pt").input_ids.to(device)
-            self._cache[text] = self.model(input_ids=input_ids).last_hidden_state[0].float()
-        entries = []
-        for text in texts:
-            self._cache.move_to_end(text)
-            entries.append(self._cache[text])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        longest = max(e.shape[0] for e in entries)
-        hidden = entries[0].new_zeros(len(texts), longest, entries[0].shape[-1])
-        mask = torch.zeros(len(texts), longest, dtype=torch.bool, device=hidden.device)
-        for i, entry in enumerate(entries):
-            hidden[i, : entry.shape[0]] = entry
-            mask[i, : entry.shape[0]] = True
-        return hidden, mask
+        states = self._cache.lookup(
+            texts, lambda missing: encode_t5_each(self.model, self.tokenizer, missing)
+        )
+        return pad_token_states(states)
 
 
 def build_frozen_encoders(
