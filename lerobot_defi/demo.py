@@ -29,8 +29,12 @@ def _find_default_raw() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw-dir", type=Path, default=None, help="a CALVIN split folder (default: the bundled slice)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--raw-dir", type=Path, default=None, help="a CALVIN split folder (default: the bundled slice)"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/defi_demo"))
     parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args(argv)
@@ -47,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = args.raw_dir or _find_default_raw()
     if raw is None or not raw.is_dir():
-        parser.error(f"no CALVIN split folder found (looked for {DEFAULT_RAW} from the repository root); pass --raw-dir")
+        parser.error(
+            f"no CALVIN split folder found (looked for {DEFAULT_RAW} from the repository root); pass --raw-dir"
+        )
     out = args.output_dir.resolve()
     if out.exists():
         shutil.rmtree(out)
@@ -77,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         print(log[-4000:], file=sys.stderr)
         return result.returncode
     losses = re.findall(r"step:(\S+) .*? loss:([0-9.]+)", log)
-    print(f"      trained {args.steps} steps in {time.perf_counter() - t0:.1f} s; loss by step: "
-          + ", ".join(f"{s} -> {float(v):.3f}" for s, v in losses))
+    print(
+        f"      trained {args.steps} steps in {time.perf_counter() - t0:.1f} s; loss by step: "
+        + ", ".join(f"{s} -> {float(v):.3f}" for s, v in losses)
+    )
 
     checkpoint = out / "train" / "checkpoints" / "last" / "pretrained_model"
     policy = DeFIPolicy.from_pretrained(checkpoint)
-    pre, post = make_pre_post_processors(PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint)
+    pre, post = make_pre_post_processors(
+        PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint
+    )
     frame = np.load(sorted(raw.glob("episode_*.npz"))[0])
     observation = {
         "observation.images.static": torch.from_numpy(frame["rgb_static"]).permute(2, 0, 1).float() / 255,
@@ -93,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         action = post(policy.select_action(pre(observation)))
     trainable = sum(p.numel() for p in policy.get_optim_params())
-    print(f"[3/3] loaded {checkpoint} ({trainable / 1e3:.0f} k trainable parameters); action for a real frame and "
-          f"'open the drawer': {np.round(action[0].numpy(), 3).tolist()}")
+    print(
+        f"[3/3] loaded {checkpoint} ({trainable / 1e3:.0f} k trainable parameters); action for a real frame and "
+        f"'open the drawer': {[round(float(v), 3) for v in action[0]]}"
+    )
     print(f"outputs in {out}")
     return 0
 

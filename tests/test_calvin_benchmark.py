@@ -32,7 +32,7 @@ from lerobot_defi.envs.calvin_simulator import calvin_env_available
 from lerobot_defi.envs.calvin_video import OUTCOME_HOLD_FRAMES
 
 PLAYBACK, REAL = "playback", "calvin_env"
-REAL_SKIP_REASON = "calvin_env is not installed (docs/calvin_eval.md): the real-simulator variant is skipped"
+REAL_SKIP_REASON = "calvin_env is not installed (see the README section 'Install the simulator'): the real-simulator variant is skipped"
 EP_LEN = 80
 LENIENT = "calvin_fakes:make_lenient_playback_simulator"
 # Recorded tasks, then tasks the recordings never do, to make five-task sequences.

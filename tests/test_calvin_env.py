@@ -37,7 +37,7 @@ from lerobot_defi.envs.calvin_simulator import (
 from lerobot_defi.envs.configuration_calvin import PolicyEnvMismatchError
 
 PLAYBACK, REAL = "playback", "calvin_env"
-REAL_SKIP_REASON = "calvin_env is not installed (docs/calvin_eval.md): the real-simulator variant is skipped"
+REAL_SKIP_REASON = "calvin_env is not installed (see the README section 'Install the simulator'): the real-simulator variant is skipped"
 BACKENDS = [PLAYBACK, pytest.param(REAL, marks=[pytest.mark.slow, pytest.mark.calvin_env])]
 EPISODE_LENGTH = (
     80  # steps per instruction; every recorded task is solved within 70 steps of the previous one

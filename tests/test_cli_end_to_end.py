@@ -193,3 +193,14 @@ def test_two_process_ddp_training_on_cpu(tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert checkpoints == ["000004", "last"]
     DeFIPolicy.from_pretrained(tmp_path / "run" / "checkpoints" / "last" / "pretrained_model")
+
+
+def test_demo_command_runs_end_to_end(tmp_path):
+    """The README's demo, as a user runs it (a fresh process: nothing imported beforehand)."""
+    output = run_cli(
+        [str(BIN / "lerobot-defi-demo"), f"--output-dir={tmp_path / 'demo'}", "--steps=20"], REPO_DIR
+    )
+    assert "[1/3] converted" in output and "[3/3] loaded" in output
+    assert (
+        tmp_path / "demo" / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"
+    ).is_file()

@@ -32,7 +32,7 @@ CALVIN's simulator `calvin_env` is not installed. It is not on PyPI; install it 
     git clone --recursive https://github.com/mees/calvin_env.git
     pip install --no-deps -e ./calvin_env
 Keep the clone a git repository (calvin_env reads its own commit hash at start-up).
-See docs/calvin_eval.md of lerobot_policy_defi for details."""
+See the README of lerobot_policy_defi ("CALVIN in lerobot-eval") for details."""
 
 RENDERERS = ("auto", "egl", "tiny")
 DEFAULT_SCENE = "calvin_scene_D"

@@ -119,7 +119,9 @@ class DeFIPolicy(PreTrainedPolicy):
         torch.backends.cudnn.benchmark = True
         inductor_config.conv_1x1_as_mm = True
         self._compiled_sample = torch.compile(self._sample_chunk, mode=mode, dynamic=False)
-        self.gfdm.compile(mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False)
+        self.gfdm.compile(
+            mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False
+        )
 
     # --- construction ---------------------------------------------------------------------------------------
     def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
@@ -373,7 +375,9 @@ class DeFIPolicy(PreTrainedPolicy):
         torch.compiler.cudagraph_mark_step_begin()
         return self._compiled_sample(*inputs).clone()  # CUDA-graph outputs are reused by the next replay
 
-    def _sample_chunk(self, images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, noise) -> Tensor:
+    def _sample_chunk(
+        self, images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, noise
+    ) -> Tensor:
         """Tensor-only inference path: context once, then the solver (compiled by :meth:`compile_modules`)."""
         context = self._encode(images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask)["context"]
         return self.action_head.sample(context, noise=noise)
