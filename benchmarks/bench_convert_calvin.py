@@ -1,7 +1,9 @@
 """Speed of the CALVIN converter, and how much of its wall time LeRobot's writer/video encoder takes.
 
-Two measurements per repeat, on the same episodes:
+Three measurements per repeat, on the same episodes:
 
+* Video encoding alone: the frames of both cameras fed to LeRobot's ``StreamingVideoEncoder`` (the encoder the
+  writer uses, same settings), nothing else: how much of the converter's wall time video encoding needs.
 * LeRobot alone: every frame already read into memory, written with ``LeRobotDataset.create`` / ``add_frame`` /
   ``save_episode`` / ``finalize`` (the converter's features and encoder settings). This is the floor: video
   encoding (streaming AV1, LeRobot's default) plus LeRobot's parquet/metadata writing.
@@ -38,6 +40,7 @@ from lerobot_defi.conversions.calvin import (
 DEFAULT_RAW = Path(__file__).resolve().parents[1] / "../shared/data/calvin_mini"
 LEROBOT_CALLS = ("create", "resume", "add_frame", "save_episode", "finalize")
 seconds: dict[str, float] = defaultdict(float)
+reader_waits: list[float] = []
 
 
 def _timed(name: str, function):
@@ -61,9 +64,9 @@ def _timed_generator(function):
             try:
                 item = next(generator)
             except StopIteration:
-                seconds["wait_readers"] += time.perf_counter() - start
                 return
-            seconds["wait_readers"] += time.perf_counter() - start
+            finally:
+                reader_waits.append(time.perf_counter() - start)
             yield item
 
     return wrapper
@@ -82,6 +85,24 @@ def install_timers() -> None:
     episode_writer._read_ahead = _timed_generator(episode_writer._read_ahead)
 
 
+def encoding_alone(episodes, fps: int, work: Path) -> float:
+    """Encode both cameras of pre-read episodes with LeRobot's streaming encoder only; returns seconds."""
+    from lerobot.datasets.video_utils import StreamingVideoEncoder
+
+    video_keys = [k for k, v in features(ReadOptions()).items() if v["dtype"] == "video"]
+    work.mkdir(parents=True)
+    encoder = StreamingVideoEncoder(fps=fps, queue_maxsize=0)  # unbounded queue: never drops a frame
+    start = time.perf_counter()
+    for episode in episodes:
+        encoder.start_episode(video_keys, work)
+        for i in range(episode.length):
+            for key in video_keys:
+                encoder.feed_frame(key, episode.frames[key][i])
+        encoder.finish_episode()
+    encoder.close()
+    return time.perf_counter() - start
+
+
 def lerobot_alone(episodes, fps: int, root: Path) -> float:
     """Write pre-read episodes with LeRobot only; returns seconds."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -89,7 +110,7 @@ def lerobot_alone(episodes, fps: int, root: Path) -> float:
     start = time.perf_counter()
     dataset = LeRobotDataset.create(
         "bench/lerobot_alone", fps=fps, features=features(ReadOptions()), root=root, use_videos=True,
-        metadata_buffer_size=1, streaming_encoding=True, video_files_size_in_mb=20,
+        metadata_buffer_size=1, streaming_encoding=True, encoder_queue_maxsize=0, video_files_size_in_mb=20,
     )  # fmt: skip
     for episode in episodes:
         keys = [k for k in episode.frames if k != "task"]
@@ -123,20 +144,27 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_calvin_"))
     try:
         for repeat in range(args.repeats):
+            encode_s = encoding_alone(episodes, fps, work / f"encode{repeat}")
             seconds.clear()
             alone_s = lerobot_alone(episodes, fps, work / f"alone{repeat}")
             seconds.clear()
+            reader_waits.clear()
             start = time.perf_counter()
             convert_calvin(args.raw_dir, "bench/converter", root=work / f"conv{repeat}", layout=args.layout,
                            split=args.split, num_workers=args.num_workers, progress=False)  # fmt: skip
             conv_s = time.perf_counter() - start
-            inside, wait = seconds["lerobot"], seconds["wait_readers"]
+            inside, wait = seconds["lerobot"], sum(reader_waits)
+            first_wait = reader_waits[0] if reader_waits else 0.0
             own = conv_s - inside - wait
             print(
-                f"run {repeat}: LeRobot alone {alone_s:.2f} s ({frames / alone_s:.1f} frames/s) | converter "
-                f"{conv_s:.2f} s ({frames / conv_s:.1f} frames/s, {args.num_workers} reader processes): "
-                f"{inside / conv_s:.0%} in LeRobot's encoder/writer, {wait / conv_s:.0%} waiting for readers, "
-                f"{own / conv_s:.0%} own work | overhead on top of LeRobot alone {(conv_s - alone_s) / conv_s:.1%}",
+                f"run {repeat}: video encoding alone {encode_s:.2f} s ({frames / encode_s:.1f} frames/s) | "
+                f"LeRobot writer alone {alone_s:.2f} s ({frames / alone_s:.1f} frames/s) | converter {conv_s:.2f} s "
+                f"({frames / conv_s:.1f} frames/s, {args.num_workers} reader processes)\n"
+                f"  converter wall time: video encoding alone = {encode_s / conv_s:.0%}; inside LeRobot's "
+                f"writer calls {inside / conv_s:.0%}; waiting for readers {wait / conv_s:.0%} (first episode "
+                f"{first_wait:.2f} s, after it {wait - first_wait:.2f} s); own work {own / conv_s:.0%}\n"
+                f"  overhead on top of LeRobot's writer alone {(conv_s - alone_s) / conv_s:.1%} "
+                f"({(conv_s - alone_s - first_wait) / conv_s:.1%} without the readers' start-up)",
                 flush=True,
             )
     finally:

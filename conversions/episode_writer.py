@@ -263,15 +263,24 @@ def write_episodes(
     if progress_state is not None and not progress_state.get("finalized", False):
         progress_state = _roll_back_to_checkpoint(root, progress_state)
 
+    # LeRobot's streaming encoder DROPS a frame (with only a log warning) when its queue stays full for 0.1 s,
+    # which happens when the CPU is busy; 0 makes the queue unbounded, so at most one episode's frames wait there.
+    encoder_queue_maxsize = 0
+
     def open_dataset() -> LeRobotDataset:
-        return LeRobotDataset.resume(repo_id, root=root, streaming_encoding=streaming_encoding)
+        return LeRobotDataset.resume(
+            repo_id,
+            root=root,
+            streaming_encoding=streaming_encoding,
+            encoder_queue_maxsize=encoder_queue_maxsize,
+        )
 
     if progress_state is None:
         shutil.rmtree(root, ignore_errors=True)  # empty, or left by a run killed before its first checkpoint
         dataset = LeRobotDataset.create(
             repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=True,
             metadata_buffer_size=1, streaming_encoding=streaming_encoding,
-            video_files_size_in_mb=video_files_size_in_mb,
+            encoder_queue_maxsize=encoder_queue_maxsize, video_files_size_in_mb=video_files_size_in_mb,
         )  # fmt: skip
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:

@@ -73,6 +73,74 @@ def test_windows_layout_counts_instructions_and_exact_actions(windows_dataset, c
             index += 1
 
 
+def test_every_episode_video_has_one_frame_per_row(windows_dataset):
+    """LeRobot's streaming encoder drops frames when its queue stays full; every video must match its rows."""
+    _, dataset = windows_dataset
+    episodes = dataset.meta.episodes.with_format(None)[:]
+    for key in ("observation.images.static", "observation.images.gripper"):
+        durations = np.subtract(
+            episodes[f"videos/{key}/to_timestamp"], episodes[f"videos/{key}/from_timestamp"]
+        )
+        np.testing.assert_allclose(durations * dataset.meta.fps, episodes["length"], atol=1e-3)
+
+
+def test_a_stalled_video_encoder_loses_no_frame(tmp_path, calvin_slice, monkeypatch):
+    """With LeRobot's default queue (30 frames, 0.1 s put timeout) a stalled encoder thread makes it drop frames;
+    the converter's writer must wait instead (with the default, this stall loses frames of the 48)."""
+    import time
+    import types
+
+    from lerobot.datasets import video_utils
+    from PIL import Image
+
+    calls = []
+
+    def fromarray_with_stalls(array):  # the encoder thread converts each frame with Image.fromarray
+        calls.append(1)
+        if len(calls) % 12 == 0:
+            time.sleep(0.25)
+        return Image.fromarray(array)
+
+    monkeypatch.setattr(video_utils, "Image", types.SimpleNamespace(fromarray=fromarray_with_stalls))
+    root = convert_calvin(calvin_slice / "training", "local/stall", root=tmp_path / "ds", max_episodes=1,
+                          progress=False)  # fmt: skip
+    episode = LeRobotDataset("local/stall", root=root).meta.episodes.with_format(None)[0]
+    for key in ("observation.images.static", "observation.images.gripper"):
+        duration = episode[f"videos/{key}/to_timestamp"] - episode[f"videos/{key}/from_timestamp"]
+        assert round(duration * 30, 3) == episode["length"] == 48
+
+
+def test_splits_and_scenes_are_kept_so_abc_to_d_can_be_selected(tmp_path, calvin_slice):
+    # A dataset folder with both splits: training = the slice with its two windows assigned to scenes A and C
+    # (rewritten scene_info.npy), validation = the slice as recorded (scene D).
+    raw = tmp_path / "task_ABC_D"
+    shutil.copytree(calvin_slice / "training", raw / "training")
+    shutil.copytree(calvin_slice / "training", raw / "validation")
+    scene_info = {"calvin_scene_A": [126, 173], "calvin_scene_C": [282, 329]}
+    np.save(raw / "training" / "scene_info.npy", scene_info, allow_pickle=True)
+    root = convert_calvin(raw, "local/abc_d", root=tmp_path / "ds", split="all", progress=False)
+    episodes = json.loads((root / "meta" / "calvin_episodes.json").read_text())
+    assert [(e["split"], e["scene"], e["calvin_frames"]) for e in episodes] == [
+        ("training", "A", [126, 173]),
+        ("training", "C", [282, 329]),
+        ("validation", "D", [126, 173]),
+        ("validation", "D", [282, 329]),
+    ]
+    assert sorted(p.name for p in (root / "meta" / "calvin_statistics").iterdir()) == [
+        "training.yaml",
+        "validation.yaml",
+    ]
+    full = LeRobotDataset("local/abc_d", root=root)
+    columns = full.hf_dataset.with_format(None)[:]
+    assert columns["calvin_scene"] == [0] * 48 + [2] * 48 + [3] * 96
+    assert columns["calvin_split"] == [0] * 96 + [1] * 96
+    train_abc = [e["episode_index"] for e in episodes if e["split"] == "training" and e["scene"] in "ABC"]
+    selected = LeRobotDataset("local/abc_d", root=root, episodes=train_abc, video_backend="pyav")
+    assert selected.num_episodes == 2 and selected.num_frames == 96
+    assert {selected[i]["calvin_scene"].item() for i in (0, 47, 48, 95)} == {0, 2}
+    assert selected[50]["task"] == "push the red block to the left"
+
+
 def test_play_layout_cuts_segments_and_labels_frames(tmp_path, calvin_slice):
     split = calvin_slice / "training"
     plan = plan_episodes("training", split, "play", default_task="play", max_episode_frames=30)
