@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episode_writer import ConversionInputError, EpisodeFrames, write_episodes
+from .episode_writer import ConversionInputError, EpisodeFrames, add_output_arguments, write_episodes
 
 try:  # ISA-L's inflate is ~2.5x faster than zlib's on CALVIN frames; reading competes with video encoding
     from isal.isal_zlib import decompress as _inflate
@@ -500,10 +500,6 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--raw-dir", type=Path, required=True, help="CALVIN dataset folder or split folder")
-    parser.add_argument("--repo-id", required=True)
-    parser.add_argument(
-        "--root", type=Path, default=None, help="output folder (default $HF_LEROBOT_HOME/<repo-id>)"
-    )
     parser.add_argument("--layout", choices=["windows", "play"], default="windows")
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="training")
     parser.add_argument("--absolute-actions", action="store_true", help="actions = next TCP pose + gripper")
@@ -523,16 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         help="scene of the frames scene_info.npy does not cover (or when the split has no scene_info.npy)",
     )
     parser.add_argument(
-        "--max-episodes", type=int, default=None, help="convert only the first N (a quick look)"
-    )
-    parser.add_argument(
         "--fps", type=int, default=None, help="default: control_freq of .hydra/merged_config.yaml"
     )
-    parser.add_argument(
-        "--num-workers", type=int, default=2, help="reader processes (0: read in this process)"
-    )
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable episodes and report them")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
     parser.add_argument(
         "--checkpoint-every",
         type=int,
@@ -545,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         default=20,
         help="video file size at which LeRobot starts a new file (it rewrites the current file per episode)",
     )
-    parser.add_argument("--push-to-hub", action="store_true")
-    parser.add_argument("--private", action="store_true")
+    add_output_arguments(parser, num_workers=2)
     args = parser.parse_args(argv)
     try:
         root = convert_calvin(

@@ -211,6 +211,21 @@ def _read_ahead(
                 window.append((following[0], pool.submit(read_episode, following[1])))
 
 
+def add_output_arguments(parser, *, num_workers: int = 0) -> None:
+    """The command-line flags every converter shares: output (``--repo-id``, ``--root``), how much to convert
+    (``--max-episodes``), reading (``--num-workers``), bad input (``--skip-bad``), ``--overwrite`` and the Hub."""
+    parser.add_argument("--repo-id", required=True, help="LeRobot repo id of the output (e.g. me/calvin_abc)")
+    parser.add_argument("--root", help="output folder (default: $HF_LEROBOT_HOME/<repo-id>)")
+    parser.add_argument("--max-episodes", type=int, help="convert only the first N episodes (quick look)")
+    parser.add_argument(
+        "--num-workers", type=int, default=num_workers, help="reader processes (0: read in the main process)"
+    )
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable episodes and list them")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    parser.add_argument("--push-to-hub", action="store_true", help="upload the dataset to the Hub when done")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+
+
 def write_episodes(
     *,
     repo_id: str,

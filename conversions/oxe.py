@@ -19,7 +19,13 @@ import functools
 import sys
 from pathlib import Path
 
-from .episode_writer import ConversionInputError, ConversionReport, EpisodeFrames, write_episodes
+from .episode_writer import (
+    ConversionInputError,
+    ConversionReport,
+    EpisodeFrames,
+    add_output_arguments,
+    write_episodes,
+)
 from .oxe_datasets import UnknownOXEDatasetError
 from .oxe_episodes import OXEPlan, plan_conversion, read_oxe_episode
 from .rlds_builder import RLDSBuilder, RLDSFormatError
@@ -111,27 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--raw-dir", required=True, help="builder dir with dataset_info.json, features.json, shards"
     )
-    parser.add_argument("--repo-id", required=True, help="LeRobot repo id of the output (e.g. me/fractal)")
-    parser.add_argument("--root", help="output folder (default: $HF_LEROBOT_HOME/<repo-id>)")
     parser.add_argument("--split", default="train", help="RLDS split to convert (default: train)")
     parser.add_argument(
         "--dataset-name", help="table row to use when the folder name is not the dataset's name"
     )
     parser.add_argument("--fps", type=int, help="override the table's control frequency")
-    parser.add_argument("--max-episodes", type=int, help="convert only the first N episodes (quick look)")
-    parser.add_argument(
-        "--num-workers", type=int, default=0, help="reader processes (0: read in the main process)"
-    )
-    parser.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable shards/episodes and list them"
-    )
     parser.add_argument(
         "--keep-unlabeled", action="store_true", help="keep episodes without language (task '')"
     )
     parser.add_argument("--no-crc-check", action="store_true", help="do not verify TFRecord CRCs (faster)")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
-    parser.add_argument("--push-to-hub", action="store_true", help="upload the dataset to the Hub when done")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    add_output_arguments(parser)
     return parser
 
 

@@ -32,7 +32,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .episode_writer import ConversionInputError, ConversionReport, EpisodeFrames, write_episodes
+from .episode_writer import (
+    ConversionInputError,
+    ConversionReport,
+    EpisodeFrames,
+    add_output_arguments,
+    write_episodes,
+)
 from .vpp_export import VPPExportReport, export_vpp, latent_sidecar_path
 from .vpp_source import (
     VPPFormatError,
@@ -199,8 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Reverse direction: 'lerobot-defi-convert vpp export --help'.",
     )
     parser.add_argument("--raw-dir", required=True, help="VPP dataset folder, e.g. /data/vpp/bridge")
-    parser.add_argument("--repo-id", required=True, help="LeRobot repo id of the output (e.g. me/vpp_bridge)")
-    parser.add_argument("--root", help="output folder (default: $HF_LEROBOT_HOME/<repo-id>)")
     parser.add_argument("--splits", nargs="+", help="annotation splits to convert (default: all)")
     parser.add_argument(
         "--image-size", nargs="+", default=["256", "256"], metavar="H W",
@@ -210,14 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--export-latents", action="store_true", help="copy SVD latents to <root>/vpp_latents"
     )
-    parser.add_argument("--max-episodes", type=int, help="convert only the first N annotations (quick look)")
-    parser.add_argument(
-        "--num-workers", type=int, default=0, help="reader processes (0: read in the main process)"
-    )
-    parser.add_argument("--skip-bad", action="store_true", help="skip bad annotations/videos and list them")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
-    parser.add_argument("--push-to-hub", action="store_true", help="upload the dataset to the Hub when done")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    add_output_arguments(parser)
     return parser
 
 
