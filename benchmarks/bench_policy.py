@@ -3,7 +3,7 @@
 Reference = what the original implementation runs: fp16 eager GFDM, fp32 trainable parts, instructions
 re-encoded at every call, the action head's context re-computed at every solver step.
 Fast = this plugin: bf16 (or fp16) frozen parts, cached instructions, context once per chunk, only the needed
-UNet blocks, fused attention, optional ``torch.compile`` (``--compile-mode``), bf16 autocast in training.
+UNet blocks, fused attention, optional ``torch.compile`` (``--compile-mode``), bf16 autocast of the trainable parts (``dtype``) in training and inference.
 
 Prints one table (and writes JSON with ``--out``): latency per chunk at batch 1 (median, p90), chunks/s at
 batch 8, training samples/s at batch 8 and at the largest batch that fits, peak memory, per-component times.
@@ -242,8 +242,12 @@ def main() -> None:
     reference = build_policy(
         args.tiny, device, gfdm_dtype="float16" if device.startswith("cuda") else "float32"
     )
+    on_gpu = device.startswith("cuda")
     fast = build_policy(
-        args.tiny, device, gfdm_dtype=args.frozen_dtype if device.startswith("cuda") else "float32"
+        args.tiny,
+        device,
+        gfdm_dtype=args.frozen_dtype if on_gpu else "float32",
+        dtype="bfloat16" if on_gpu else None,  # mixed precision of the trainable parts, as trained
     )
     report("setup", "build_s", round(time.perf_counter() - t0, 1))
     if args.compile_mode:

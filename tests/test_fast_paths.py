@@ -5,11 +5,14 @@ T5 padded to the batch's longest instruction, eager fp32. Fast paths: context on
 instructions, T5 padded to buckets, torch.compile, bf16 frozen parts (GPU test).
 """
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from defi_test_utils import tiny_batch, tiny_config
 
 from lerobot_defi.models.edm import sample_first_order
+from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
 
@@ -75,13 +78,90 @@ def test_compiled_policy_matches_eager_on_cpu():
     torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-4)
 
 
+def test_bf16_mixed_precision_inference_stays_close_to_fp32():
+    reference = make_policy(feature_noise_seed=3)
+    mixed = make_policy(feature_noise_seed=3, dtype="bfloat16")
+    mixed.load_state_dict(reference.state_dict())
+    batch = tiny_batch(reference.config, batch_size=2)
+    noise = torch.randn(2, 10, 7)
+    with torch.no_grad():
+        expected = reference.predict_action_chunk(batch, noise=noise)
+        got = mixed.predict_action_chunk(batch, noise=noise)
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)  # autocast did run
+    assert (got - expected).abs().max().item() < 5e-2
+
+
+def test_cuda_graphed_function_calls_through_on_cpu():
+    calls = []
+
+    def fn(x, y):
+        calls.append(1)
+        return x * 2 + y
+
+    graphed = CUDAGraphedFunction(fn)
+    torch.testing.assert_close(graphed(torch.ones(3), torch.arange(3.0)), torch.tensor([2.0, 3.0, 4.0]))
+    assert len(calls) == 1 and len(graphed) == 0
+
+
+def test_chunk_path_makes_no_host_tensors(monkeypatch):
+    """CUDA-graph capture forbids host-to-device copies: run the chunk on the meta device and fail on any op that
+    produces a CPU tensor (a schedule or index built on the CPU and moved over)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    policy = make_policy()
+    batch = tiny_batch(policy.config, batch_size=2)
+    with torch.no_grad():
+        inputs = policy._tensor_inputs(batch)
+    noise = torch.randn(2, policy.config.chunk_size, policy.config.action_dim)
+    policy = policy.to("meta")
+    inputs = tuple(t.to("meta") for t in (*inputs, noise))
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: nullcontext())  # autocast has no meta device
+    host_ops = []
+
+    class HostTensorSpy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if torch.is_tensor(o) and o.device.type == "cpu":
+                    host_ops.append(str(func))
+            return out
+
+    with torch.no_grad(), HostTensorSpy():
+        out = policy._sample_chunk(*inputs)
+    assert out.shape == (2, policy.config.chunk_size, policy.config.action_dim)
+    assert host_ops == []
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_function_replays_per_signature():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
+    weight = torch.randn(8, 8, device="cuda")
+    graphed = CUDAGraphedFunction(lambda x, noise: torch.tanh(x @ weight) + noise)
+    for batch in (1, 4, 1):
+        x, noise = torch.randn(batch, 8, device="cuda"), torch.randn(batch, 8, device="cuda")
+        out = graphed(x, noise)
+        torch.testing.assert_close(out, torch.tanh(x @ weight) + noise)
+        out.fill_(float("nan"))  # a copy: the next replay is unaffected
+    assert len(graphed) == 2
+    weight.mul_(2)  # in-place parameter updates are seen by the replay
+    x, noise = torch.randn(1, 8, device="cuda"), torch.randn(1, 8, device="cuda")
+    torch.testing.assert_close(graphed(x, noise), torch.tanh(x @ weight) + noise)
+    graphed.clear()
+    assert len(graphed) == 0
+
+
 @pytest.mark.gpu
 def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
     reference = make_policy(feature_noise_seed=3, device="cuda").cuda()
     fast = make_policy(
-        feature_noise_seed=3, device="cuda", gfdm_dtype="bfloat16", compile_mode="reduce-overhead"
+        feature_noise_seed=3,
+        device="cuda",
+        gfdm_dtype="bfloat16",
+        dtype="bfloat16",
+        compile_mode="reduce-overhead",
     )
     fast.load_state_dict(reference.state_dict())
     fast = fast.cuda()
@@ -94,5 +174,10 @@ def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
         expected = reference.predict_action_chunk(batch, noise=noise)
         for _ in range(3):  # warm-up and CUDA-graph capture
             got = fast.predict_action_chunk(batch, noise=noise)
-    # bf16 frozen features: actions agree to a few hundredths on a [-1, 1]-scaled action range.
+        assert len(fast._compiled_sample) == 1  # one graph for this input signature, replayed
+        fast.cuda()  # moving the policy drops the graphs (they hold parameter addresses)
+        assert len(fast._compiled_sample) == 0
+        again = fast.predict_action_chunk(batch, noise=noise)
+    # bf16 frozen features and bf16 mixed precision: actions agree to a few hundredths on a [-1, 1] range.
     assert (got - expected).abs().max().item() < 5e-2
+    torch.testing.assert_close(again, got, rtol=0, atol=1e-5)

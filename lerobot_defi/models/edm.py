@@ -100,18 +100,22 @@ def sample_log_normal_sigmas(
 def exponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float, device=None) -> Tensor:
     """``num_steps`` noise levels evenly spaced in ``ln sigma`` from ``sigma_max`` down to ``sigma_min``,
     followed by a final 0 (length ``num_steps + 1``)."""
-    sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), num_steps, dtype=torch.float64).exp()
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)
+    # Made on ``device`` directly: a CPU tensor copied over would break CUDA-graph capture.
+    log_sigmas = torch.linspace(
+        math.log(sigma_max), math.log(sigma_min), num_steps, dtype=torch.float64, device=device
+    )
+    sigmas = log_sigmas.exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
 def karras_sigmas(
     num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None
 ) -> Tensor:
     """Karras et al. schedule (``rho = 7``) from ``sigma_max`` to ``sigma_min`` plus a final 0."""
-    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64, device=device)
     min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float().to(device)
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
 def sample_first_order(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tensor) -> Tensor:

@@ -30,11 +30,13 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from lerobot_defi.models.action_head import ActionHead
+from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor, diffusers_config, text_context_from_clip
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
 from lerobot_defi.models.text import InstructionEncoders, load_clip_text, load_t5
 from lerobot_defi.models.video_former import VideoFormer
 from lerobot_defi.policy.configuration_defi import DeFIConfig
+from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +109,11 @@ class DeFIPolicy(PreTrainedPolicy):
         """``torch.compile`` for speed; parameter names and results are unchanged.
 
         Inference compiles the whole tensor path of a chunk (GFDM pass, Video Former, GIDM, context, the
-        10 solver steps) as one function with ``mode`` (``"reduce-overhead"`` adds CUDA graphs). Training
-        compiles the frozen GFDM pass (the dominant cost) without CUDA graphs. Instruction tokens are padded to
-        buckets of 16 so shapes stay static across instructions (padding is masked out).
+        10 solver steps) as one function; with ``"reduce-overhead"`` (or ``"max-autotune"``) it is then
+        replayed from a CUDA graph per input shape (:class:`CUDAGraphedFunction`). Training compiles the frozen
+        GFDM pass (the dominant cost) without CUDA graphs. Instruction tokens are padded to buckets of 16 so
+        shapes stay static across instructions (padding is masked out). The GFDM's temporal convolutions run as
+        2-D convolutions (``use_frame_convolutions``: same weights and sums).
         """
         self.text.pad_to_multiple_of = 16
         # Process-wide speed settings for the UNet's convolutions: cuDNN picks the fastest algorithm per shape,
@@ -118,10 +122,30 @@ class DeFIPolicy(PreTrainedPolicy):
 
         torch.backends.cudnn.benchmark = True
         inductor_config.conv_1x1_as_mm = True
-        self._compiled_sample = torch.compile(self._sample_chunk, mode=mode, dynamic=False)
+        use_frame_convolutions(self.gfdm)
+        graphed = mode in ("reduce-overhead", "max-autotune")
+        inference_mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(
+            mode, mode
+        )
+        compiled = torch.compile(self._sample_chunk, mode=inference_mode, dynamic=False)
+        self._compiled_sample = CUDAGraphedFunction(compiled) if graphed else compiled
         self.gfdm.compile(
             mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False
         )
+
+    def _drop_cuda_graphs(self) -> None:
+        graphed = getattr(self, "_compiled_sample", None)  # _apply also runs while __init__ builds modules
+        if isinstance(graphed, CUDAGraphedFunction):
+            graphed.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .half() may move parameters: captured graphs would read the old addresses.
+        self._drop_cuda_graphs()
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._drop_cuda_graphs()  # assign=True replaces parameter tensors
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- construction ---------------------------------------------------------------------------------------
     def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
@@ -328,7 +352,9 @@ class DeFIPolicy(PreTrainedPolicy):
         tokens = rearrange(features, "(v b) f c h w -> v b f (h w) c", v=len(cameras))
         video_in = torch.cat([tokens[cameras.index(k)] for k in cfg.video_former_camera_keys], dim=2)
         video_tokens = self.video_former(video_in)  # (B, F*Q, D)
-        frames = tokens[cameras.index(cfg.gidm_camera_key)][:, list(cfg.gidm_frame_indices)]  # (B, 2, N, C)
+        # (B, 2, N, C); integer picks, not a list index (which would put a CPU index tensor in a CUDA graph)
+        camera_tokens = tokens[cameras.index(cfg.gidm_camera_key)]
+        frames = torch.stack([camera_tokens[:, i] for i in cfg.gidm_frame_indices], dim=1)
         gidm_in = self.gidm_feature_proj(frames) + self.gidm_frame_embedding
         gidm = self.gidm(gidm_in, t5_hidden, t5_mask)
         action_context = self.action_head.encode_context(
@@ -370,10 +396,17 @@ class DeFIPolicy(PreTrainedPolicy):
             shape = (inputs[3].shape[0], self.config.chunk_size, self.config.action_dim)
             noise = torch.randn(shape, device=inputs[0].device)
         inputs = (*inputs, noise)
-        if self._compiled_sample is None or self.training:
-            return self._sample_chunk(*inputs)
-        torch.compiler.cudagraph_mark_step_begin()
-        return self._compiled_sample(*inputs).clone()  # CUDA-graph outputs are reused by the next replay
+        sample = (
+            self._sample_chunk if self._compiled_sample is None or self.training else self._compiled_sample
+        )
+        with self._mixed_precision(inputs[0].device.type):
+            return sample(*inputs).float()
+
+    def _mixed_precision(self, device_type: str):
+        """Autocast of the trainable parts at inference in the precision they were trained in (``dtype``
+        bfloat16 / float16, as lerobot-train's accelerate autocast); the frozen GFDM keeps its own dtype."""
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.config.dtype)
+        return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()
 
     def _sample_chunk(
         self, images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, noise
