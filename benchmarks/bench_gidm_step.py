@@ -22,35 +22,13 @@ import torch
 import yaml
 
 from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
+from lerobot_defi.models.reference_architectures import DINOV2_BASE_REG, T5_BASE
 from lerobot_defi.pretrain.gidm_features import build_frozen_encoders, encode_pair_features
 
 # Only torch / transformers / huggingface_hub are needed (no LeRobot, no draccus): the script also runs from a
 # plain checkout with PYTHONPATH=. on a machine that has just PyTorch and transformers.
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
-# DINOv2-B/14 with 4 registers (facebook/dinov2-with-registers-base) and T5-base, as architecture dicts.
-DINOV2_BASE_REG = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "mlp_ratio": 4,
-    "patch_size": 14,
-    "image_size": 518,
-    "num_register_tokens": 4,
-    "layerscale_value": 1.0,
-}
-T5_BASE = {
-    "vocab_size": 32128,
-    "d_model": 768,
-    "d_kv": 64,
-    "d_ff": 3072,
-    "num_layers": 12,
-    "num_heads": 12,
-    "relative_attention_num_buckets": 32,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-    "decoder_start_token_id": 0,
-}
 TASKS = [
     "pick brown chip bag from middle drawer and place on counter",
     "put pot or pan from sink into drying rack",

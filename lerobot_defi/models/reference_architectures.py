@@ -45,6 +45,18 @@ CLIP_B32_TEXT = dict(
     pad_token_id=1,
 )
 
+# facebook/dinov2-with-registers-base (the GIDM's frozen patch encoder)
+DINOV2_BASE_REG = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    mlp_ratio=4,
+    patch_size=14,
+    image_size=518,
+    num_register_tokens=4,
+    layerscale_value=1.0,
+)
+
 # google-t5/t5-base (encoder)
 T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
 

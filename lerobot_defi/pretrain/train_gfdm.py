@@ -654,8 +654,10 @@ class GFDMTrainer:
             progress.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
+                # mean over processes: the logged loss is the global batch's, whatever the process count
+                window_mean = torch.tensor(window_loss / window_count, device=acc.device)
                 record = {
-                    "loss": window_loss / window_count,
+                    "loss": acc.reduce(window_mean, reduction="mean").item(),
                     "lr": self.lr_scheduler.get_last_lr()[0],
                     "samples_per_s": window_count * cfg.batch_size * acc.num_processes / max(elapsed, 1e-9),
                 }
