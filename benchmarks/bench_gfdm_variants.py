@@ -11,8 +11,10 @@ is compiled afresh; times are medians of CUDA-synchronised calls after warm-up.
 import argparse
 import json
 import time
+from types import SimpleNamespace
 
 import torch
+from bench_policy import _after_gfdm as after_gfdm
 from bench_policy import build_policy, make_batch, sync, timed
 from torch import nn
 
@@ -169,20 +171,10 @@ def main() -> None:
             features = gfdm(images, context, noise=feature_noise)
         noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim, device=device)
 
-        def rest(features=features, noise=noise):
-            from einops import rearrange
+        instructions = SimpleNamespace(clip_pooled=inputs[3], t5_hidden=inputs[4], t5_mask=inputs[5])
 
-            cfg = policy.config
-            cams = cfg.gfdm_camera_keys
-            tokens = rearrange(features, "(v b) f c h w -> v b f (h w) c", v=len(cams))
-            video = policy.video_former(
-                torch.cat([tokens[cams.index(k)] for k in cfg.video_former_camera_keys], 2)
-            )
-            frames = tokens[cams.index(cfg.gidm_camera_key)][:, list(cfg.gidm_frame_indices)]
-            gidm = policy.gidm(
-                policy.gidm_feature_proj(frames) + policy.gidm_frame_embedding, inputs[4], inputs[5]
-            )
-            ctx = policy.action_head.encode_context(inputs[3][:, None], video, gidm["latent_action_tokens"])
+        def rest(features=features, noise=noise):
+            ctx = after_gfdm(policy, features, instructions)
             return policy.action_head.sample(ctx, noise=noise)
 
         for mode in ("eager", "reduce-overhead") if device == "cuda" else ("eager",):
