@@ -9,7 +9,7 @@ import pytest
 from defi_test_utils import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from bench_multi_gpu import (  # noqa: E402
+from bench_multi_gpu import (
     compare_curves,
     error_summary,
     median_rate,

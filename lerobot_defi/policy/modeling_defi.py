@@ -264,7 +264,12 @@ class DeFIPolicy(PreTrainedPolicy):
     def _load_as_safetensor(cls, model: "DeFIPolicy", model_file: str, map_location: str, strict: bool):
         """Strict, readable loading: every tensor must be present with the right shape."""
         with safe_open(model_file, framework="pt", device=resolve_safetensors_device(map_location)) as f:
-            stored = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            # CPU tensors are views into the memory-mapped file at unaligned offsets: own copies keep BLAS on
+            # its aligned kernels (same numbers as the policy that was saved) and release the file.
+            stored = {}
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                tensor = f.get_tensor(key)
+                stored[key] = tensor.clone() if tensor.device.type == "cpu" else tensor
         # Tied weights (e.g. T5's shared embedding) are stored once, under one of their names.
         state = dict(stored)
         tied: dict[int, list[str]] = {}
