@@ -14,8 +14,7 @@ import time
 from types import SimpleNamespace
 
 import torch
-from bench_policy import _after_gfdm as after_gfdm
-from bench_policy import build_policy, make_batch, sync, timed
+from bench_policy import after_gfdm, build_policy, make_batch, sync, timed
 from torch import nn
 
 from lerobot_defi.models.frame_convolution import use_frame_convolutions

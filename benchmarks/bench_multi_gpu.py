@@ -358,7 +358,7 @@ def benchmark(args) -> dict:
                 result.error is None and len(result.losses) >= args.steps and checkpoint_ok(component, output)
             )
             runs[(n, kind)] = result
-            report["runs"].append({k: v for k, v in asdict(result).items()})
+            report["runs"].append(asdict(result))
             save()
             if kind == "same-global" and n == processes[-1] and n > 1 and result.ok and args.resume_steps:
                 resumed = RunResult(component, "resume", n, per_process, per_process * n)

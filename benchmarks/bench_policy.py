@@ -3,7 +3,8 @@
 Reference = what the original implementation runs: fp16 eager GFDM, fp32 trainable parts, instructions
 re-encoded at every call, the action head's context re-computed at every solver step.
 Fast = this plugin: bf16 (or fp16) frozen parts, cached instructions, context once per chunk, only the needed
-UNet blocks, fused attention, optional ``torch.compile`` (``--compile-mode``), bf16 autocast of the trainable parts (``dtype``) in training and inference.
+UNet blocks, fused attention, optional ``torch.compile`` (``--compile-mode``), bf16 autocast of the trainable
+parts (``dtype``) in training and inference.
 
 Prints one table (and writes JSON with ``--out``): latency per chunk at batch 1 (median, p90), chunks/s at
 batch 8, training samples/s at batch 8 and at the largest batch that fits, peak memory, per-component times.
@@ -159,13 +160,13 @@ def component_times(policy: DeFIPolicy, batch: dict, device: str, repeats: int) 
         times["GFDM UNet (truncated)"] = times["GFDM UNet (truncated) + VAE"] - times["VAE encoder"]
         encoded = measure(
             "Video Former + GIDM + context encoder (after GFDM)",
-            lambda: _after_gfdm(policy, features, instructions),
+            lambda: after_gfdm(policy, features, instructions),
         )
         measure("action sampler (10 steps, cached context)", lambda: policy.action_head.sample(encoded))
     return times
 
 
-def _after_gfdm(policy: DeFIPolicy, features: torch.Tensor, instructions) -> torch.Tensor:
+def after_gfdm(policy: DeFIPolicy, features: torch.Tensor, instructions) -> torch.Tensor:
     from einops import rearrange
 
     cfg = policy.config

@@ -59,16 +59,23 @@ def test_instruction_cache_and_token_buckets_do_not_change_actions():
     torch.testing.assert_close(bucketed, first, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_compiled_policy_matches_eager_on_cpu():
-    eager = make_policy(feature_noise_seed=3)
-    compiled = make_policy(feature_noise_seed=3, compile_mode="default")
-    compiled.load_state_dict(eager.state_dict())
-    batch = tiny_batch(eager.config, batch_size=2)
+def chunks_of_twin_policies(**overrides):
+    """A tiny policy and a twin with ``overrides`` and the same weights; both predict one chunk from the same
+    batch and noise. Returns ``(reference, twin, batch, reference_chunk, twin_chunk)``."""
+    reference = make_policy(feature_noise_seed=3)
+    twin = make_policy(feature_noise_seed=3, **overrides)
+    twin.load_state_dict(reference.state_dict())
+    batch = tiny_batch(reference.config, batch_size=2)
     noise = torch.randn(2, 10, 7)
     with torch.no_grad():
-        expected = eager.predict_action_chunk(batch, noise=noise)
-        got = compiled.predict_action_chunk(batch, noise=noise)
+        expected = reference.predict_action_chunk(batch, noise=noise)
+        got = twin.predict_action_chunk(batch, noise=noise)
+    return reference, twin, batch, expected, got
+
+
+@pytest.mark.slow
+def test_compiled_policy_matches_eager_on_cpu():
+    eager, compiled, batch, expected, got = chunks_of_twin_policies(compile_mode="default")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # Training loss (eval mode: inductor draws dropout masks from its own RNG stream).
     torch.manual_seed(1)
@@ -79,14 +86,7 @@ def test_compiled_policy_matches_eager_on_cpu():
 
 
 def test_bf16_mixed_precision_inference_stays_close_to_fp32():
-    reference = make_policy(feature_noise_seed=3)
-    mixed = make_policy(feature_noise_seed=3, dtype="bfloat16")
-    mixed.load_state_dict(reference.state_dict())
-    batch = tiny_batch(reference.config, batch_size=2)
-    noise = torch.randn(2, 10, 7)
-    with torch.no_grad():
-        expected = reference.predict_action_chunk(batch, noise=noise)
-        got = mixed.predict_action_chunk(batch, noise=noise)
+    *_, expected, got = chunks_of_twin_policies(dtype="bfloat16")
     assert got.dtype == torch.float32 and not torch.equal(got, expected)  # autocast did run
     assert (got - expected).abs().max().item() < 5e-2
 
