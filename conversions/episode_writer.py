@@ -242,21 +242,27 @@ def write_episodes(
     push_to_hub: bool = False,
     private: bool = False,
     on_saved: Callable[[str, int, EpisodeFrames], None] | None = None,
+    on_result: Callable[[str, str, EpisodeFrames | None], str | None] | None = None,
     progress: bool = True,
     description: str = "convert",
     streaming_encoding: bool = True,
     checkpoint_every: int = 200,
     video_files_size_in_mb: int | None = None,
+    use_videos: bool = True,
 ) -> ConversionReport:
     """Convert ``items`` into the LeRobotDataset ``repo_id`` at ``root`` (created, or resumed when present).
 
     bad_input_errors: exception types that mean "this source episode is bad" (skipped with ``skip_bad``,
     else the run stops with ``ConversionInputError``); any other exception propagates as is.
     on_saved(source_key, episode_index, episode) runs after each saved episode (e.g. to copy side files).
+    on_result(source_key, outcome, episode or None) runs after every item, outcome "saved", "skipped" (by design)
+    or "bad"; a string it returns is shown beside the progress bar (e.g. a running success rate).
     streaming_encoding: encode video while frames are added (LeRobot's streaming encoder) instead of writing
     PNG files first and encoding at ``save_episode``.
     checkpoint_every: saved episodes between checkpoints (the most work a killed run loses); each checkpoint
     starts new data/video files, so larger values give fewer files.
+    use_videos: store ``"video"`` features as encoded videos (True) or as per-frame PNG images in the parquet
+    files (False: larger on disk, much cheaper to read in training).
     video_files_size_in_mb: size at which LeRobot starts a new video file (``None``: LeRobot's default, 200 MB).
     LeRobot appends each episode by rewriting the current file (~3 ms per MB on this machine), so with many
     short episodes a smaller size saves time; it only applies when the dataset is created.
@@ -288,14 +294,20 @@ def write_episodes(
             root=root,
             streaming_encoding=streaming_encoding,
             encoder_queue_maxsize=encoder_queue_maxsize,
+            image_writer_threads=image_writer_threads,
         )
 
+    image_writer_threads = 0
+    if not use_videos:  # PNG encoding in LeRobot's writer threads
+        features = {k: {**v, "dtype": "image"} if v["dtype"] == "video" else v for k, v in features.items()}
+        image_writer_threads = 4
     if progress_state is None:
         shutil.rmtree(root, ignore_errors=True)  # empty, or left by a run killed before its first checkpoint
         dataset = LeRobotDataset.create(
-            repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=True,
+            repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=use_videos,
             metadata_buffer_size=1, streaming_encoding=streaming_encoding,
             encoder_queue_maxsize=encoder_queue_maxsize, video_files_size_in_mb=video_files_size_in_mb,
+            image_writer_threads=image_writer_threads,
         )  # fmt: skip
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:
@@ -336,6 +348,7 @@ def write_episodes(
                 report.skipped[key] = str(err)
                 progress_state["skipped"][key] = str(err)
                 _save_progress(root, progress_state)
+                _report_result(bar, on_result, key, "skipped", None)
                 continue
             except bad_input_errors as err:
                 dataset.clear_episode_buffer()
@@ -347,6 +360,7 @@ def write_episodes(
                 report.bad[key] = str(err)
                 progress_state["bad"][key] = str(err)
                 _save_progress(root, progress_state)
+                _report_result(bar, on_result, key, "bad", None)
                 continue
             episode_index = dataset.meta.total_episodes - 1
             progress_state["episodes"].append(key)
@@ -354,6 +368,7 @@ def write_episodes(
             report.written.append(key)
             if on_saved is not None:
                 on_saved(key, episode_index, result)
+            _report_result(bar, on_result, key, "saved", result)
             if len(progress_state["episodes"]) - progress_state["checkpoint"]["episodes"] >= checkpoint_every:
                 dataset.finalize()
                 _write_checkpoint(root, progress_state)
@@ -371,6 +386,13 @@ def write_episodes(
     if push_to_hub:
         dataset.push_to_hub(private=private)
     return report
+
+
+def _report_result(bar, on_result, key: str, outcome: str, episode: EpisodeFrames | None) -> None:
+    if on_result is not None:
+        status = on_result(key, outcome, episode)
+        if status:
+            bar.set_postfix_str(status, refresh=False)
 
 
 def _add_episode(dataset, episode: EpisodeFrames) -> None:

@@ -16,6 +16,14 @@ Observations (raw, as LeRobot's ``preprocess_observation`` expects them)::
     agent_pos            (15,)         float32 robot_obs         -> observation.state
     environment_state    (24,)         float32 scene_obs         -> observation.environment_state
 
+Task-level mode (``task=...``): every episode plays that one task from a start drawn with the reset's
+seed among CALVIN's initial conditions in which the task can be done, robot at its home pose plus joint
+noise (:func:`~lerobot_defi.envs.calvin_task_starts.draw_task_start` with ``purpose="evaluate"``, a seed
+stream the scripted recorder never uses); success is CALVIN's oracle within ``episode_length`` steps.
+
+``camera_size=N`` resizes both cameras to N x N (:func:`resize_camera_image`, the resize the recorder's
+``--camera_size`` applies to its datasets).
+
 Actions: (7,) CALVIN relative actions ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in [-1, 1];
 the gripper is binarized to exactly -1 (close) or 1 (open) before it reaches the simulator.
 
@@ -35,6 +43,7 @@ from lerobot_defi.envs.calvin_initial_state import state_for_initial_condition
 from lerobot_defi.envs.calvin_instructions import check_instructions_cover, load_instructions
 from lerobot_defi.envs.calvin_sequences import CalvinSequence, load_sequences
 from lerobot_defi.envs.calvin_simulator import DEFAULT_SCENE, load_simulator_factory
+from lerobot_defi.envs.calvin_task_starts import DEFAULT_HOME_JOINT_NOISE, draw_task_start
 
 STATIC_IMAGE_SHAPE = (200, 200, 3)
 GRIPPER_IMAGE_SHAPE = (84, 84, 3)
@@ -43,6 +52,16 @@ SCENE_OBS_DIM = 24
 ACTION_DIM = 7
 CONTROL_FPS = 30
 SEQUENCE_INDEX_OPTION = "sequence_index"
+
+
+def resize_camera_image(image: np.ndarray, size: int | None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8 (PIL bilinear, antialiased when shrinking); ``None``
+    returns the image unchanged."""
+    if size is None or image.shape[:2] == (size, size):
+        return np.asarray(image, dtype=np.uint8)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((size, size), Image.BILINEAR))
 
 
 def binarize_gripper(action: np.ndarray) -> np.ndarray:
@@ -75,6 +94,9 @@ class CalvinEnv(gym.Env):
         simulator_factory: str | None = None,
         cuda_device_index: int | None = None,
         render_mode: str = "rgb_array",
+        task: str | None = None,
+        camera_size: int | None = None,
+        home_joint_noise: float = DEFAULT_HOME_JOINT_NOISE,
     ):
         super().__init__()
         if episode_length < 1:
@@ -85,6 +107,17 @@ class CalvinEnv(gym.Env):
             )
         if render_mode != "rgb_array":
             raise ValueError(f"CalvinEnv renders only 'rgb_array', got {render_mode!r}")
+        if task is not None:
+            if subtasks_per_episode != 1:
+                raise ValueError(
+                    f"the task-level mode plays one task per episode, got subtasks_per_episode={subtasks_per_episode}"
+                )
+            start = draw_task_start(task, 0, purpose="evaluate")  # raises for tasks with no start
+            sequences = [CalvinSequence(start.condition, (task,))]
+        self.single_task = task
+        self.camera_size = camera_size
+        self.home_joint_noise = home_joint_noise
+        self.episode_seed: int | None = None
         self.sequences = list(sequences) if isinstance(sequences, list | tuple) else load_sequences(sequences)
         shortest = min(len(s.tasks) for s in self.sequences)
         if not 1 <= subtasks_per_episode <= shortest:
@@ -113,12 +146,13 @@ class CalvinEnv(gym.Env):
         # lerobot-eval stops a rollout after this many steps.
         self._max_episode_steps = episode_length * subtasks_per_episode
 
+        static_shape, gripper_shape = camera_shapes(camera_size)
         self.observation_space = spaces.Dict(
             {
                 "pixels": spaces.Dict(
                     {
-                        "static": spaces.Box(0, 255, STATIC_IMAGE_SHAPE, dtype=np.uint8),
-                        "gripper": spaces.Box(0, 255, GRIPPER_IMAGE_SHAPE, dtype=np.uint8),
+                        "static": spaces.Box(0, 255, static_shape, dtype=np.uint8),
+                        "gripper": spaces.Box(0, 255, gripper_shape, dtype=np.uint8),
                     }
                 ),
                 "agent_pos": spaces.Box(-np.inf, np.inf, (ROBOT_OBS_DIM,), dtype=np.float32),
@@ -132,7 +166,7 @@ class CalvinEnv(gym.Env):
         self.completed_subtasks = 0
         self.subtask_steps = 0
         self._start_info: dict | None = None
-        self._last_static_image = np.zeros(STATIC_IMAGE_SHAPE, dtype=np.uint8)
+        self._last_static_image = np.zeros(static_shape, dtype=np.uint8)
 
     # ---- what lerobot-eval reads ----------------------------------------------------------------
 
@@ -151,9 +185,12 @@ class CalvinEnv(gym.Env):
     # ---- gymnasium API ----------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start a sequence: ``options={"sequence_index": i}`` picks one, otherwise the next in turn."""
+        """Start a sequence: ``options={"sequence_index": i}`` picks one, otherwise the next in turn.
+        In the task-level mode the episode's start is drawn with ``seed`` (else the next seed in turn)."""
         super().reset(seed=seed)
         options = options or {}
+        if self.single_task is not None:
+            return self._reset_single_task(seed)
         if options.get(SEQUENCE_INDEX_OPTION) is not None:
             index = int(options[SEQUENCE_INDEX_OPTION])
             if not 0 <= index < len(self.sequences):
@@ -169,6 +206,27 @@ class CalvinEnv(gym.Env):
         robot_obs, scene_obs = state_for_initial_condition(self.sequence.initial_condition)
         simulator.reset(robot_obs=robot_obs, scene_obs=scene_obs)
         # CALVIN's evaluation reads the observation and the oracle's reference state after the reset.
+        observation = self._format_observation(simulator.get_obs())
+        self._start_info = simulator.get_info()
+        return observation, self._info(subtask_success=False, is_success=False)
+
+    def _reset_single_task(self, seed: int | None):
+        if seed is None:
+            seed = self._next_sequence_index
+            self._next_sequence_index += self._sequence_stride
+        start = draw_task_start(
+            self.single_task, seed, purpose="evaluate", home_joint_noise=self.home_joint_noise
+        )
+        simulator = self._ensure_simulator()
+        self.episode_seed = seed
+        self.sequence_index = -1
+        self.sequence = CalvinSequence(start.condition, (self.single_task,))
+        self.completed_subtasks = 0
+        self.subtask_steps = 0
+        simulator.reset(robot_obs=start.robot_obs, scene_obs=start.scene_obs)
+        robot = getattr(simulator, "robot", None)
+        if robot is not None:  # calvin_env's reset keeps the last gripper command; start open, as recorded
+            robot.gripper_action = 1
         observation = self._format_observation(simulator.get_obs())
         self._start_info = simulator.get_info()
         return observation, self._info(subtask_success=False, is_success=False)
@@ -235,9 +293,12 @@ class CalvinEnv(gym.Env):
                 f"CALVIN cameras render {static.shape} (static) and {gripper.shape} (gripper); "
                 f"expected {STATIC_IMAGE_SHAPE} and {GRIPPER_IMAGE_SHAPE}"
             )
-        self._last_static_image = np.asarray(static, dtype=np.uint8)
+        self._last_static_image = resize_camera_image(static, self.camera_size)
         return {
-            "pixels": {"static": self._last_static_image, "gripper": np.asarray(gripper, dtype=np.uint8)},
+            "pixels": {
+                "static": self._last_static_image,
+                "gripper": resize_camera_image(gripper, self.camera_size),
+            },
             "agent_pos": np.asarray(robot_obs, dtype=np.float32),
             "environment_state": np.asarray(scene_obs, dtype=np.float32),
         }
@@ -249,8 +310,16 @@ class CalvinEnv(gym.Env):
             "solved_task": solved_task,
             "completed_subtasks": self.completed_subtasks,
             "sequence_index": self.sequence_index,
+            "episode_seed": -1 if self.episode_seed is None else self.episode_seed,
             "task": self.task,
         }
+
+
+def camera_shapes(camera_size: int | None) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(static, gripper)`` image shapes served with ``camera_size`` (None: CALVIN's own)."""
+    if camera_size is None:
+        return STATIC_IMAGE_SHAPE, GRIPPER_IMAGE_SHAPE
+    return (camera_size, camera_size, 3), (camera_size, camera_size, 3)
 
 
 def make_calvin_env(**kwargs) -> CalvinEnv:

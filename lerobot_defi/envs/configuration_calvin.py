@@ -6,6 +6,13 @@ evaluation sequences: episode ``k`` plays sequence ``first_sequence + k`` and ch
 rate; with 5 the average return is the average sequence length, but lerobot-eval does not reset the
 policy between instructions — ``lerobot-defi-eval-calvin`` runs the full protocol).
 
+Task-level evaluation: ``--env.tasks='[open_drawer,turn_on_led]'`` plays single-task episodes instead
+(one vector env per task, so ``lerobot-eval`` reports success per task and overall): episode ``i`` of a
+task starts from a scene drawn with seed ``--seed + i`` among CALVIN's initial conditions in which the
+task can be done, robot at its home pose plus joint noise (a seed stream that
+``lerobot-defi-record-calvin`` never uses); success = CALVIN's oracle within ``episode_length`` steps.
+``--env.camera_size=N`` serves both cameras resized to N x N (datasets recorded with the same option).
+
 Importing this module imports neither calvin_env nor PyBullet.
 """
 
@@ -16,7 +23,7 @@ from functools import partial
 import gymnasium as gym
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
-from lerobot.envs.utils import env_to_policy_features, freeze_after_episode_end
+from lerobot.envs.utils import _LazyAsyncVectorEnv, env_to_policy_features, freeze_after_episode_end
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 from lerobot_defi.envs.calvin import (
@@ -26,6 +33,7 @@ from lerobot_defi.envs.calvin import (
     ROBOT_OBS_DIM,
     SCENE_OBS_DIM,
     STATIC_IMAGE_SHAPE,
+    camera_shapes,
     make_calvin_env,
 )
 from lerobot_defi.envs.calvin_sequences import SUBTASKS_PER_SEQUENCE
@@ -37,6 +45,7 @@ from lerobot_defi.envs.calvin_simulator import (
     calvin_env_available,
     use_egl_for,
 )
+from lerobot_defi.envs.calvin_task_starts import TASK_PRECONDITIONS
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +82,10 @@ class CalvinEnvConfig(EnvConfig):
     renderer: str = "auto"
     # "package.module:function" building (simulator, oracle) instead of calvin_env; see calvin_simulator.py.
     simulator_factory: str | None = None
+    # Task-level mode: single-task episodes of these CALVIN tasks (one vector env per task); None: sequences.
+    tasks: list[str] | None = None
+    # Serve both cameras resized to camera_size x camera_size (None: 200x200 static, 84x84 gripper).
+    camera_size: int | None = None
     features: dict[str, PolicyFeature] = field(
         default_factory=lambda: {
             "pixels/static": PolicyFeature(type=FeatureType.VISUAL, shape=STATIC_IMAGE_SHAPE),
@@ -102,6 +115,21 @@ class CalvinEnvConfig(EnvConfig):
             raise ValueError(f"env.first_sequence must be >= 0, got {self.first_sequence}")
         if self.renderer not in RENDERERS:
             raise ValueError(f"env.renderer must be one of {RENDERERS}, got {self.renderer!r}")
+        if self.tasks is not None:
+            unknown = [task for task in self.tasks if task not in TASK_PRECONDITIONS]
+            if unknown or not self.tasks:
+                raise ValueError(
+                    f"env.tasks {unknown or self.tasks} cannot be played from a CALVIN initial condition; "
+                    f"tasks that can: {sorted(TASK_PRECONDITIONS)}"
+                )
+            if self.subtasks_per_episode != 1:
+                raise ValueError("env.tasks plays one task per episode: leave env.subtasks_per_episode at 1")
+        if self.camera_size is not None:
+            if self.camera_size < 8:
+                raise ValueError(f"env.camera_size must be >= 8 pixels, got {self.camera_size}")
+            static_shape, gripper_shape = camera_shapes(self.camera_size)
+            self.features["pixels/static"] = PolicyFeature(type=FeatureType.VISUAL, shape=static_shape)
+            self.features["pixels/gripper"] = PolicyFeature(type=FeatureType.VISUAL, shape=gripper_shape)
 
     @property
     def package_name(self) -> str:
@@ -117,6 +145,7 @@ class CalvinEnvConfig(EnvConfig):
             "dataset_dir": self.dataset_dir,
             "renderer": self.renderer,
             "simulator_factory": self.simulator_factory,
+            "camera_size": self.camera_size,
         }
 
     def provided_policy_features(self) -> dict[str, PolicyFeature]:
@@ -163,20 +192,35 @@ class CalvinEnvConfig(EnvConfig):
     def create_envs(
         self, n_envs: int, use_async_envs: bool = False
     ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
-        """One vector env of ``n_envs`` CALVIN envs; sub-env i plays sequences i, i + n, ... (offset)."""
+        """One vector env of ``n_envs`` CALVIN envs; sub-env i plays sequences i, i + n, ... (offset).
+        Task-level mode: one such vector env per task, ``{"calvin_tasks": {task: vector env}}``."""
         if self.simulator_factory is None and not calvin_env_available():
             raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
-        env_fns = [
-            freeze_after_episode_end(
-                partial(
-                    make_calvin_env,
-                    sequence_offset=self.first_sequence + i,
-                    sequence_stride=n_envs,
-                    **self.gym_kwargs,
-                )
+        if self.tasks is not None:
+            return {
+                "calvin_tasks": {
+                    task: self._vector_env(n_envs, use_async_envs, lazy=True, task=task)
+                    for task in self.tasks
+                }
+            }
+        return {self.type: {0: self._vector_env(n_envs, use_async_envs)}}
+
+    def _vector_env(
+        self, n_envs: int, use_async_envs: bool, lazy: bool = False, **kwargs
+    ) -> gym.vector.VectorEnv:
+        """``lazy``: worker processes start at the first reset (LeRobot's lazy vector env), so only the task
+        being evaluated holds simulators."""
+        make_fns = [
+            partial(
+                make_calvin_env,
+                sequence_offset=self.first_sequence + i,
+                sequence_stride=n_envs,
+                **self.gym_kwargs,
+                **kwargs,
             )
             for i in range(n_envs)
         ]
+        env_fns = [freeze_after_episode_end(fn) for fn in make_fns]
         if (
             n_envs > 1
             and not use_async_envs
@@ -189,10 +233,12 @@ class CalvinEnvConfig(EnvConfig):
                 n_envs,
             )
             use_async_envs = True
-        if use_async_envs and n_envs > 1:
+        if use_async_envs and n_envs > 1 and lazy:
+            vector_env = _LazyAsyncVectorEnv(make_fns)  # adds freeze_after_episode_end itself
+        elif use_async_envs and n_envs > 1:
             vector_env = gym.vector.AsyncVectorEnv(
                 env_fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP
             )
         else:
             vector_env = gym.vector.SyncVectorEnv(env_fns, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
-        return {self.type: {0: vector_env}}
+        return vector_env
