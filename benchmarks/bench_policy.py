@@ -144,12 +144,12 @@ def component_times(policy: DeFIPolicy, batch: dict, device: str, repeats: int) 
         times[name] = timed(fn, device, repeats, warmup=2)[0]
         return fn()
 
-    with torch.no_grad():
+    def encode_uncached():
         policy.text.clear_cache()
-        instructions = measure(
-            "text encoders (uncached)", lambda: policy.text._encode_uncached(batch["task"])
-        )
-        instructions = policy.text(batch["task"])
+        return policy.text(batch["task"])
+
+    with torch.no_grad():
+        instructions = measure("text encoders (uncached)", encode_uncached)
         images = torch.cat([batch[k] for k in cfg.gfdm_camera_keys])
         gfdm = policy.gfdm
         measure("VAE encoder", lambda: gfdm.encode_condition(images))

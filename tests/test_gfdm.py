@@ -6,10 +6,16 @@ import math
 import pytest
 import torch
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
-from lerobot_defi.models.gfdm import GFDMFeatureExtractor, check_gfdm_folder, text_context_from_clip
+from lerobot_defi.models.gfdm import (
+    GFDMFeatureExtractor,
+    GFDMVideoPipeline,
+    check_gfdm_folder,
+    text_context_from_clip,
+)
 from lerobot_defi.models.reference_architectures import SVD_UNET, SVD_VAE
+from lerobot_defi.models.text import load_clip_text
 from lerobot_defi.policy.configuration_defi import load_preset
 
 
@@ -105,3 +111,19 @@ def test_save_pretrained_folder_loads_back(tmp_path):
     extractor = GFDMFeatureExtractor.from_pretrained(tmp_path / "gfdm", dtype=torch.float32, num_frames=4)
     torch.testing.assert_close(extractor.unet.conv_in.weight, unet.conv_in.weight)
     assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_video_pipeline_text_context_uses_the_attention_mask():
+    """Stage 1 (train_svd.py / eval_svd.py) passes the tokenizer's ids and mask to the CLIP text model."""
+    unet, vae = tiny_models()
+    clip, tokenizer, _ = load_clip_text(None, load_preset("tiny").clip_text_config)
+    pipe = GFDMVideoPipeline(unet, vae, EulerDiscreteScheduler(), clip.eval(), tokenizer)
+    texts = ["lift", "open the drawer"]
+    ids = tokenizer(texts, padding="max_length", max_length=20, return_tensors="pt").input_ids
+    mask = (torch.arange(20)[None] < torch.tensor([[6], [17]])).long()  # start + bytes + end
+    with torch.no_grad():
+        hidden = clip(input_ids=ids, attention_mask=mask).last_hidden_state
+        unmasked = clip(input_ids=ids).last_hidden_state
+    context = pipe.text_context(texts)
+    torch.testing.assert_close(context, torch.cat([hidden, hidden], dim=-1))
+    assert (context[..., :32] - unmasked).abs().amax() > 1e-2

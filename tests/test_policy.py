@@ -10,7 +10,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot_defi.models.reference_architectures import official_random_config_overrides
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.modeling_defi import CheckpointMismatchError, DeFIPolicy
-from lerobot_defi.policy.processor_defi import make_defi_pre_post_processors
+from lerobot_defi.policy.processor_defi import DeFIImageProcessorStep, make_defi_pre_post_processors
 
 
 def test_official_size_policy_trainable_parameters(tmp_path):
@@ -160,6 +160,39 @@ def test_bad_input_names_what_is_missing():
         policy.forward(batch)
     with pytest.raises(ValueError, match="gidm_frame_indices"):
         tiny_config(gidm_frame_indices=(0, 9))
+
+
+def test_images_are_resized_as_uint8_images_like_the_original():
+    """The original's transform (spec 4.2): torchvision ``Resize(size, antialias=True)`` on the uint8 image,
+    then ``float / 255`` and ``Normalize(0.5, 0.5)``; LeRobot hands the processor those uint8 images / 255."""
+    from torchvision import transforms
+
+    def original(dtype):
+        return transforms.Compose(
+            [
+                transforms.Resize(64, antialias=True),
+                transforms.Lambda(lambda image: image.to(dtype).div(255)),
+                transforms.Normalize([0.5] * 3, [0.5] * 3),
+            ]
+        )
+
+    generator = torch.Generator().manual_seed(0)
+    images = {
+        key: torch.randint(0, 256, (2, *shape), generator=generator, dtype=torch.uint8)
+        for key, shape in CALVIN_CAMERAS.items()
+    }
+    step = DeFIImageProcessorStep(image_keys=list(CALVIN_CAMERAS), size=64)
+    for dtype in (torch.float32, torch.float64):
+        out = step.observation({key: image.to(dtype) / 255 for key, image in images.items()})
+        for key, image in images.items():
+            assert out[key].dtype == dtype
+            torch.testing.assert_close(out[key], original(dtype)(image), rtol=0, atol=1e-12)
+    # Resizing the float image instead differs by up to a pixel level (2/255 on [-1, 1]).
+    key = "observation.images.static"
+    resized_floats = torch.nn.functional.interpolate(
+        images[key].float() / 255, size=(64, 64), mode="bilinear", antialias=True
+    )
+    assert (resized_floats * 2 - 1 - original(torch.float32)(images[key])).abs().amax() > 1 / 255
 
 
 def test_processors_resize_to_minus_one_one_and_binarize_gripper(tmp_path):

@@ -230,12 +230,20 @@ def test_dino_patch_features_drop_cls_and_registers():
     torch.testing.assert_close(again(images), tokens)
 
 
-def test_t5_features_are_cached_padded_and_masked():
+def test_t5_features_are_cached_padded_with_t5_outputs_and_masked():
     cfg = _tiny_preset()
     t5 = T5InstructionFeatures.load(None, cfg.t5_config)
-    hidden, mask = t5(["open the drawer", "go", "open the drawer"])
+    texts = ["open the drawer", "go", "open the drawer"]
+    hidden, mask = t5(texts)
     assert hidden.shape == (3, 16, 32) and mask.sum(-1).tolist() == [16, 3, 16]  # bytes + </s>
-    assert hidden[1, 3:].abs().sum() == 0
+    # As the original: T5 on the batch padded to its longest (ids and mask); padded slots hold T5 outputs.
+    tokens = t5.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = t5.model(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
+        ).last_hidden_state
+    torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-6)
+    assert hidden[1, 3:].abs().amin() > 0
     torch.testing.assert_close(hidden[0], hidden[2])
     alone, _ = t5(["go"])
     torch.testing.assert_close(alone[0], hidden[1, :3])

@@ -24,6 +24,7 @@ from diffusers import AutoencoderKLTemporalDecoder, DiffusionPipeline, UNetSpati
 from torch import Tensor, nn
 
 from lerobot_defi.models.edm import v_prediction_scalings
+from lerobot_defi.models.text import encode_clip_context
 
 GFDM_SUBFOLDERS = ("unet", "vae")
 
@@ -184,7 +185,9 @@ class GFDMFeatureExtractor(nn.Module):
         features = torch.cat(
             [F.interpolate(t, size=size, mode="nearest") for t in taps[:-1]] + [taps[-1]], dim=1
         )
-        return features.float().reshape(n, self.num_frames, *features.shape[1:])
+        # fp16/bf16 features are returned in fp32; a float64 extractor (parity tests) stays float64.
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
+        return features.reshape(n, self.num_frames, *features.shape[1:])
 
     def _truncated_unet(self, sample: Tensor, timestep: Tensor, context: Tensor) -> list[Tensor]:
         """The UNet's own blocks, run in its forward order up to the last tapped up-block.
@@ -420,15 +423,9 @@ class GFDMVideoPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def text_context(self, instructions: list[str], context_length: int = 20) -> Tensor:
-        """``(B, context_length, cross_attention_dim)``: CLIP last hidden states duplicated on channels."""
-        ids = self.tokenizer(
-            instructions,
-            padding="max_length",
-            max_length=context_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        hidden = self.text_encoder(input_ids=ids).last_hidden_state
+        """``(B, context_length, cross_attention_dim)``: CLIP last hidden states (with the attention mask, as the
+        original's Stage 1 trains and samples) duplicated on channels."""
+        hidden = encode_clip_context(self.text_encoder, self.tokenizer, instructions, context_length)
         return text_context_from_clip(hidden, self.unet.config.cross_attention_dim)
 
     @torch.no_grad()

@@ -8,14 +8,17 @@ One CLIP ViT-B/32 text tower gives both
   length, ``(B, 512)``, equal to OpenAI CLIP's ``encode_text``.
 
 A T5 encoder gives the GIDM's instruction tokens ``(B, L, 768)`` with a padding mask ``(B, L)`` (L = longest
-instruction in the batch).
+instruction in the batch). As in the original, padded slots hold T5 outputs, not zeros (spec 5.4).
 
-All encoders are frozen; every instruction string is encoded once and cached (the cache lives outside the
-state dict). Pretrained models load by Hub id or local path; for tests and the CPU demo, small random models
-are built from config dicts with a byte-level tokenizer constructed in code (no download).
+The CLIP context and T5 get the tokenizer's attention mask, as the original passes it (spec 2.2, 3.1). All
+encoders are frozen; every instruction string is encoded once and cached (the cache lives outside the state
+dict). The one exception is T5 with dropout (the original trains with it on, spec 8 item 26): then the batch
+is encoded afresh. Pretrained models load by Hub id or local path; for tests and the CPU demo, small random
+models are built from config dicts with a byte-level tokenizer constructed in code (no download).
 """
 
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from transformers import (
 
 CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+# Cached T5 states are padded to a multiple of this many tokens (re-encoded longer when a batch needs it).
+T5_CACHE_LENGTH = 32
 
 
 def build_byte_level_tokenizer(kind: str) -> PreTrainedTokenizerFast:
@@ -141,32 +146,92 @@ class InstructionCache:
             self._entries.popitem(last=False)
         return values
 
+    def store(self, text: str, value) -> None:
+        """Replace the value of ``text`` if it is still cached."""
+        if text in self._entries:
+            self._entries[text] = value
 
-def pad_token_states(states: list[Tensor], pad_to_multiple_of: int = 1) -> tuple[Tensor, Tensor]:
-    """``[(L_i, D)]`` -> zero-padded ``(B, L, D)`` and mask ``(B, L)`` (True = token), L = the longest rounded up
-    to a multiple of ``pad_to_multiple_of``."""
-    longest = max(s.shape[0] for s in states)
-    length = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    hidden = states[0].new_zeros(len(states), length, states[0].shape[-1])
-    mask = torch.zeros(len(states), length, dtype=torch.bool, device=hidden.device)
-    for i, state in enumerate(states):
-        hidden[i, : state.shape[0]] = state
-        mask[i, : state.shape[0]] = True
-    return hidden, mask
+
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 @torch.no_grad()
-def encode_t5_each(
-    model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]
-) -> list[Tensor]:
-    """T5 states ``(L_i, D)`` of each text encoded on its own (no padding), so they do not depend on which other
-    instructions shared the batch: runs are reproducible to the bit."""
-    device = next(model.parameters()).device
-    states = []
-    for text in texts:
-        input_ids = tokenizer([text], return_tensors="pt").input_ids.to(device)
-        states.append(model(input_ids=input_ids).last_hidden_state[0].float())
-    return states
+def encode_clip_context(
+    model: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, texts: list[str], length: int
+) -> Tensor:
+    """CLIP ``last_hidden_state`` ``(B, length, D)`` of the texts padded/truncated to ``length`` tokens, run with
+    the tokenizer's attention mask as the original does (spec 2.2): real-token positions do not depend on the
+    mask (causal attention), the padded slots that the UNet's cross-attention reads do."""
+    tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    tokens = tokens.to(model.device)
+    hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    return _at_least_float32(hidden)
+
+
+@torch.no_grad()
+def encode_t5_batch(
+    model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], pad_to_multiple_of: int = 1
+) -> tuple[Tensor, Tensor]:
+    """The original's T5 call (spec 3.1 step 1): the texts tokenised together, padded to the longest (rounded up
+    to ``pad_to_multiple_of``), ids and attention mask into T5 -> ``last_hidden_state (B, L, D)`` and the mask
+    ``(B, L)`` bool. Padded slots hold T5 outputs. Runs in the model's current mode (dropout if training)."""
+    tokens = tokenizer(texts, padding="longest", pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+    tokens = tokens.to(next(model.parameters()).device)
+    hidden = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    return _at_least_float32(hidden), tokens.attention_mask.bool()
+
+
+def _encode_t5_for_cache(
+    model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, text: str, length_multiple: int
+) -> tuple[Tensor, int]:
+    """One instruction encoded on its own (bit-reproducible whatever else is in the batch), padded to a
+    multiple of ``length_multiple``: ``(states (M, D), number of real tokens)``."""
+    hidden, mask = encode_t5_batch(model, tokenizer, [text], pad_to_multiple_of=length_multiple)
+    return hidden[0], int(mask[0].sum())
+
+
+def cached_t5_states(
+    cache: InstructionCache,
+    model: T5EncoderModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    pad_to_multiple_of: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """``(B, L, D)`` T5 states and mask ``(B, L)`` equal to :func:`encode_t5_batch` of ``texts`` (in eval mode),
+    from per-instruction cache entries.
+
+    With T5's padding mask, the output at a padded slot depends only on its instruction and position (keys at
+    padded slots are masked; relative position bias depends on positions only), so each instruction is encoded
+    once padded to a multiple of :data:`T5_CACHE_LENGTH` and sliced to the batch's length; an entry shorter
+    than that length is re-encoded longer.
+    """
+    entries = cache.lookup(
+        texts, lambda missing: [_encode_t5_for_cache(model, tokenizer, t, T5_CACHE_LENGTH) for t in missing]
+    )
+    length = _round_up(max(count for _, count in entries), pad_to_multiple_of)
+    for i, (text, (states, _)) in enumerate(zip(texts, entries)):
+        if states.shape[0] < length:
+            entries[i] = _encode_t5_for_cache(model, tokenizer, text, _round_up(length, T5_CACHE_LENGTH))
+            cache.store(text, entries[i])
+    hidden = torch.stack([states[:length] for states, _ in entries])
+    counts = torch.tensor([count for _, count in entries], device=hidden.device)
+    mask = torch.arange(length, device=hidden.device)[None, :] < counts[:, None]
+    return hidden, mask
+
+
+@contextmanager
+def dropout_active(model: nn.Module):
+    """Run a frozen model in training mode (dropout on) inside the block; back to eval mode after."""
+    model.train()
+    try:
+        yield model
+    finally:
+        model.eval()
 
 
 @dataclass
@@ -202,17 +267,20 @@ class InstructionEncoders(nn.Module):
         self.t5_tokenizer = t5_tokenizer
         self.context_length = context_length
         self.goal_length = goal_length
-        # T5 tokens are padded to the longest instruction of the batch, rounded up to this multiple (padding is
-        # masked, so results do not change; a multiple > 1 keeps shapes static for compiled code).
+        # T5 tokens are padded to the longest instruction of the batch, rounded up to this multiple (slots past
+        # the longest are masked for every sample, so results do not change; a multiple > 1 keeps shapes static
+        # for compiled code).
         self.pad_to_multiple_of = 1
         self._cache = InstructionCache(cache_size)
+        self._t5_cache = InstructionCache(cache_size)
 
     def train(self, mode: bool = True):
-        # Frozen: stay in eval mode (no dropout) whatever the parent does.
+        # Frozen: stay in eval mode (no dropout) whatever the parent does; T5 dropout is asked for per call.
         return super().train(False)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._t5_cache.clear()
 
     def _load_from_state_dict(self, *args, **kwargs):
         self.clear_cache()
@@ -224,28 +292,33 @@ class InstructionEncoders(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
-    def _encode_uncached(self, texts: list[str]) -> list[tuple[Tensor, Tensor, Tensor | None]]:
-        device = self.clip.device
-        context_ids = self.clip_tokenizer(
-            texts, padding="max_length", max_length=self.context_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
-        # The official context is the plain last hidden state of the padded ids (no attention mask).
-        hidden = self.clip(input_ids=context_ids).last_hidden_state.float()
+    def _encode_uncached(self, texts: list[str]) -> list[tuple[Tensor, Tensor]]:
+        """Per text: CLIP context ``(context_length, D)`` and pooled goal ``(P,)``."""
+        hidden = encode_clip_context(self.clip, self.clip_tokenizer, texts, self.context_length)
         goal = self.clip_tokenizer(
             texts, padding="max_length", max_length=self.goal_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)
-        pooled = self.clip(input_ids=goal).text_embeds.float()
-        t5_states: list[Tensor | None] = [None] * len(texts)
-        if self.t5 is not None:
-            t5_states = encode_t5_each(self.t5, self.t5_tokenizer, texts)
-        return [(hidden[i], pooled[i], t5_states[i]) for i in range(len(texts))]
+        ).input_ids.to(self.clip.device)
+        pooled = _at_least_float32(self.clip(input_ids=goal).text_embeds)
+        return [(hidden[i], pooled[i]) for i in range(len(texts))]
 
-    def forward(self, texts: list[str]) -> InstructionEmbeddings:
-        """Encode a batch of instructions; each distinct string is computed once and then cached."""
+    def forward(self, texts: list[str], t5_dropout: bool = False) -> InstructionEmbeddings:
+        """Encode a batch of instructions; each distinct string is computed once and then cached.
+
+        ``t5_dropout``: T5 runs in training mode (dropout on) on the batch padded to its longest, as in the
+        original's training step; it bypasses the T5 cache.
+        """
         entries = self._cache.lookup(texts, self._encode_uncached)
         clip_hidden = torch.stack([e[0] for e in entries])
         clip_pooled = torch.stack([e[1] for e in entries])
         if self.t5 is None:
             return InstructionEmbeddings(clip_hidden, clip_pooled, None, None)
-        t5_hidden, t5_mask = pad_token_states([e[2] for e in entries], self.pad_to_multiple_of)
+        if t5_dropout:
+            with dropout_active(self.t5):
+                t5_hidden, t5_mask = encode_t5_batch(
+                    self.t5, self.t5_tokenizer, texts, self.pad_to_multiple_of
+                )
+        else:
+            t5_hidden, t5_mask = cached_t5_states(
+                self._t5_cache, self.t5, self.t5_tokenizer, texts, self.pad_to_multiple_of
+            )
         return InstructionEmbeddings(clip_hidden, clip_pooled, t5_hidden, t5_mask)

@@ -82,6 +82,10 @@ class DeFIConfig(PreTrainedConfig):
     clip_goal_length: int = 77
     t5_path: str | None = "google-t5/t5-base"
     t5_config: dict | None = None
+    # The original trains with the frozen T5's dropout (0.1) on: its training step puts the whole model in train
+    # mode (spec 8 item 26). True reproduces that in training (T5 then re-runs every step instead of using the
+    # instruction cache); inference never uses dropout.
+    t5_dropout_in_training: bool = True
 
     # --- trainable parts ------------------------------------------------------------------------------------
     # A GIDM saved by lerobot-defi-train-gidm (folder or Hub repo); its encoder side initialises the policy's.

@@ -314,13 +314,14 @@ class DeFIPolicy(PreTrainedPolicy):
 
     def encode_observation(self, batch: dict[str, Tensor | list[str]]) -> dict[str, Tensor]:
         """Everything up to the action head's context: ``context (B, 1 + F*Q + K, D)``, the GIDM's
-        ``indices (B, K)`` and VQ losses."""
-        return self._encode(*self._tensor_inputs(batch))
+        ``indices (B, K)`` and VQ losses. In training, T5 runs with dropout if ``t5_dropout_in_training``."""
+        t5_dropout = self.training and self.config.t5_dropout_in_training
+        return self._encode(*self._tensor_inputs(batch, t5_dropout=t5_dropout))
 
-    def _tensor_inputs(self, batch: dict) -> tuple[Tensor, ...]:
+    def _tensor_inputs(self, batch: dict, t5_dropout: bool = False) -> tuple[Tensor, ...]:
         """``(images (V*B, 3, H, W), feature noise, CLIP context, CLIP goal, T5 tokens, T5 mask)`` of a batch;
-        the instructions come from the per-string cache."""
-        instructions = self.text(_tasks(batch))
+        the instructions come from the per-string cache (T5 is re-run, with dropout, when ``t5_dropout``)."""
+        instructions = self.text(_tasks(batch), t5_dropout=t5_dropout)
         images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)
         return (
             images,

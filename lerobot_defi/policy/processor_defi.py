@@ -1,7 +1,8 @@
 """Processors of the ``defi`` policy (spec 4.2 and 9).
 
-Pre: rename -> batch -> device -> normalize -> images resized to ``image_size`` (antialiased) and mapped
-from [0, 1] to [-1, 1]. Post: unnormalize -> gripper binarised by sign (optional) -> CPU.
+Pre: rename -> batch -> device -> normalize -> images resized to ``image_size`` as 8-bit images (antialiased,
+rounded to whole pixel levels, as the original) and mapped from [0, 1] to [-1, 1]. Post: unnormalize ->
+gripper binarised by sign (optional) -> CPU.
 The standard steps keep their LeRobot registry names, which ``lerobot-eval`` and fine-tuning override.
 """
 
@@ -19,14 +20,27 @@ from lerobot.processor import (
     ProcessorStepRegistry,
 )
 from lerobot.processor.factory import make_default_policy_processor_steps, make_policy_processor_pipelines
+from torch import Tensor
 
 from lerobot_defi.policy.configuration_defi import DeFIConfig
+
+
+def resize_8bit(image: Tensor, size: int) -> Tensor:
+    """``(B, 3, H, W)`` in [0, 1] holding 8-bit pixels -> ``(B, 3, size, size)`` in [0, 1], the way the original
+    resizes its uint8 images (torchvision ``Resize(antialias=True)`` on a uint8 tensor, then ``/ 255``): pixels
+    back to 0..255 (exact for images decoded from uint8), bilinear antialiased interpolation in float32, rounded
+    half to even to whole levels, then ``/ 255`` in the input's dtype. Resizing the floats directly differs by up
+    to 1/255 (spec 4.2)."""
+    levels = (image * 255).round().clamp(0, 255).float()
+    resized = F.interpolate(levels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(image.dtype) / 255
 
 
 @ProcessorStepRegistry.register(name="defi_image_processor")
 @dataclass
 class DeFIImageProcessorStep(ObservationProcessorStep):
-    """Camera images ``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, size, size)`` in [-1, 1] (bilinear, antialiased)."""
+    """Camera images ``(B, 3, H, W)`` in [0, 1] -> ``(B, 3, size, size)`` in [-1, 1] (resized as 8-bit images
+    with :func:`resize_8bit`; an image already at ``size`` is only mapped to [-1, 1])."""
 
     image_keys: list[str]
     size: int = 256
@@ -40,13 +54,7 @@ class DeFIImageProcessorStep(ObservationProcessorStep):
                 )
             image = observation[key]
             if image.shape[-2:] != (self.size, self.size):
-                image = F.interpolate(
-                    image.float(),
-                    size=(self.size, self.size),
-                    mode="bilinear",
-                    antialias=True,
-                    align_corners=False,
-                )
+                image = resize_8bit(image, self.size)
             observation[key] = image * 2.0 - 1.0
         return observation
 

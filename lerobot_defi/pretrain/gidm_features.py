@@ -5,8 +5,8 @@ each instruction.
   without registers, from ``transformers``) -> final-layer-norm patch tokens ``(B, (S / patch)^2, hidden)``
   (CLS and register tokens dropped, like ``x_norm_patchtokens`` of the official torch.hub model).
 * :class:`T5InstructionFeatures`: instructions -> frozen T5 encoder ``last_hidden_state`` ``(B, L, d_model)``
-  and mask ``(B, L)`` (L = longest instruction of the batch, padding zeroed and masked); each distinct
-  instruction is encoded once, on its own, and cached (LRU).
+  and mask ``(B, L)`` (L = longest instruction of the batch; padded slots hold T5 outputs, as the original's
+  batch padded to its longest); each distinct instruction is encoded once, on its own, and cached (LRU).
 
 Both load by Hub id or local path, or are built from a small config dict with random weights (tests, demo):
 :func:`build_frozen_encoders`. :func:`encode_pair_features` turns a batch of frame pairs and instructions into
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase, T5EncoderModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from lerobot_defi.models.text import InstructionCache, encode_t5_each, load_t5, pad_token_states
+from lerobot_defi.models.text import InstructionCache, cached_t5_states, load_t5
 
 DINOV2_OFFICIAL_ID = "facebook/dinov2-with-registers-base"  # = torch.hub dinov2_vitb14_reg
 T5_OFFICIAL_ID = "google-t5/t5-base"
@@ -100,10 +100,7 @@ class T5InstructionFeatures(nn.Module):
         return self.model.config.d_model
 
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        states = self._cache.lookup(
-            texts, lambda missing: encode_t5_each(self.model, self.tokenizer, missing)
-        )
-        return pad_token_states(states)
+        return cached_t5_states(self._cache, self.model, self.tokenizer, texts)
 
 
 def build_frozen_encoders(

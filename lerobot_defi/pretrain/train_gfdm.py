@@ -7,8 +7,9 @@ forward-dynamics model (GFDM, spec section 2) on a mixture of LeRobotDatasets, a
     accelerate launch --multi_gpu --num_processes=8 $(which lerobot-defi-train-gfdm) --config_path=...
 
 Per step: clips ``(B, F, 3, S, S)`` (or cached latents) -> VAE latents ``x0 (B, F, 4, S/8, S/8)`` (posterior
-sample x 0.18215) -> first-frame condition ``x0[:, 0] / 0.18215`` -> CLIP text context ``(B, 20, 1024)`` (zeroed
-for 5 % of the samples) -> EDM v-objective on the whole UNet (``gfdm_v_objective_loss``).
+sample x 0.18215) -> first-frame condition ``x0[:, 0] / 0.18215`` -> CLIP text context ``(B, 20, 1024)`` (hidden
+states computed with the tokenizer's attention mask, as the original; zeroed for 5 % of the samples) -> EDM
+v-objective on the whole UNet (``gfdm_v_objective_loss``).
 
 Outputs under ``output_dir``: ``checkpoints/<step>/`` (accelerate state, resumable with ``--resume``),
 ``metrics.jsonl`` (loss, lr, validation loss), ``samples/step_<step>.{mp4,gif}`` (ground truth above
