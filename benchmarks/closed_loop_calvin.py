@@ -131,6 +131,9 @@ class BenchmarkConfig:
     eval_episodes_per_task: int = 20
     curve_episodes_per_task: int = 5
     episode_length: int = 120
+    # "training": each task is given its first training sentence (the stand-in text encoders are random, so no
+    # policy can generalise to CALVIN's held-out evaluation paraphrases); "evaluation": CALVIN's sentences.
+    instructions: str = "training"
     eval_batch_size: int = 10
     eval_seed: int = 100_000
     # Jobs at a time: trainings share the GPU, evaluations share the CPU cores (simulators).
@@ -297,7 +300,7 @@ class Benchmark:
         return [
             *self._lerobot("lerobot_eval"), f"--policy.path={self.checkpoint_dir(policy, step)}",
             f"--policy.device={c.device}", "--env.type=calvin", f"--env.tasks=[{','.join(c.tasks)}]",
-            f"--env.camera_size={c.camera_size}", f"--env.renderer={c.renderer}",
+            f"--env.camera_size={c.camera_size}", f"--env.renderer={c.renderer}", f"--env.instructions={c.instructions}",
             f"--env.episode_length={c.episode_length}", f"--eval.n_episodes={episodes}",
             f"--eval.batch_size={min(c.eval_batch_size, episodes)}", "--eval.use_async_envs=true",
             f"--seed={c.eval_seed}", f"--output_dir={self.out / 'eval' / f'{policy}_{step:06d}'}",

@@ -6,19 +6,18 @@ import json
 import numpy as np
 import pytest
 from calvin_fakes import save_random_act_checkpoint
+from lerobot_defi.conversions.calvin import ReadOptions, features
 from test_calvin_env import REAL_SKIP_REASON, run_lerobot_eval
 
-from lerobot_defi.conversions.calvin import ReadOptions, features
 from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
-from lerobot_defi.envs.calvin_instructions import load_instructions
+from lerobot_defi.envs.calvin_instructions import load_instructions, training_instructions
 from lerobot_defi.envs.calvin_recorder import (
     RECORDABLE_TASKS,
     RECORDING_REPORT_FILE,
     PerturbationConfig,
     RecordCalvinConfig,
     record_calvin,
-    training_instructions,
 )
 from lerobot_defi.envs.calvin_simulator import calvin_env_available
 from lerobot_defi.envs.calvin_task_starts import draw_task_start
@@ -39,7 +38,9 @@ def blind_simulator():
     config = compose_env_config()
     OmegaConf.set_struct(config, False)
     config.cameras = {}
-    simulator = hydra.utils.instantiate(config, show_gui=False, use_vr=False, use_scene_info=True, use_egl=False)
+    simulator = hydra.utils.instantiate(
+        config, show_gui=False, use_vr=False, use_scene_info=True, use_egl=False
+    )
     yield simulator, build_task_oracle()
     simulator.close()
     simulator.cid = -1  # calvin_env's __del__ would disconnect a second time
@@ -63,7 +64,10 @@ def solve(simulator, oracle, task: str, seed: int, max_steps: int = 200) -> int 
 def test_the_expert_solves_every_recordable_task(blind_simulator):
     assert len(RECORDABLE_TASKS) >= 16
     failures = {
-        (task, seed): None for task in RECORDABLE_TASKS for seed in (0, 1) if solve(*blind_simulator, task, seed) is None
+        (task, seed): None
+        for task in RECORDABLE_TASKS
+        for seed in (0, 1)
+        if solve(*blind_simulator, task, seed) is None
     }
     assert not failures
 
@@ -99,7 +103,12 @@ def test_recorder_writes_the_converter_features_and_confirmed_episodes(tmp_path)
     }
     assert dataset.num_episodes == 2 and info["fps"] == 30 and info["robot_type"] == "franka_calvin"
     assert report["tasks"] == {
-        task: {"attempts": 1, "kept": 1, "expert_success_rate": 1.0, "mean_length": report["tasks"][task]["mean_length"]}
+        task: {
+            "attempts": 1,
+            "kept": 1,
+            "expert_success_rate": 1.0,
+            "mean_length": report["tasks"][task]["mean_length"],
+        }
         for task in tasks
     }
     evaluation = load_instructions()
@@ -110,7 +119,9 @@ def test_recorder_writes_the_converter_features_and_confirmed_episodes(tmp_path)
         assert episode["instruction"] != evaluation[episode["task"]]
         start = draw_task_start(episode["task"], episode["seed"])
         assert episode["initial_condition"] == start.condition
-        task_strings = {dataset[i]["task"] for i in np.flatnonzero(frames["episode_index"] == episode["episode_index"])}
+        task_strings = {
+            dataset[i]["task"] for i in np.flatnonzero(frames["episode_index"] == episode["episode_index"])
+        }
         assert task_strings == {episode["instruction"]}
     assert set(np.unique(frames["action"][:, -1])) <= {-1.0, 1.0}
     assert np.abs(frames["action"][:, :6]).max() <= 1.0
@@ -136,8 +147,8 @@ def test_recording_is_deterministic_with_worker_processes_and_perturbations(tmp_
         "use_videos": False,
         "perturbation": PerturbationConfig(probability=0.2, steps=3, scale=0.8),
     }
-    root_a, report_a = record(tmp_path, "a", num_workers=0, **options)
-    root_b, report_b = record(tmp_path, "b", num_workers=1, **options)
+    root_a, report_a = record(tmp_path, "a", num_workers=1, **options)
+    root_b, report_b = record(tmp_path, "b", num_workers=2, **options)
     dataset, a = frames_of(root_a)
     _, b = frames_of(root_b)
     assert report_a["episodes"] == report_b["episodes"]
@@ -151,7 +162,12 @@ def test_failed_attempts_are_retried_with_the_next_seeds_and_reported(tmp_path):
     if not calvin_env_available():
         pytest.skip(REAL_SKIP_REASON)
     _, report = record(
-        tmp_path, "short", tasks=["open_drawer"], episodes_per_task=1, max_attempts_per_task=2, max_episode_steps=5
+        tmp_path,
+        "short",
+        tasks=["open_drawer"],
+        episodes_per_task=1,
+        max_attempts_per_task=2,
+        max_episode_steps=5,
     )
     assert report["tasks"]["open_drawer"]["attempts"] == 2 and report["tasks"]["open_drawer"]["kept"] == 0
     assert sorted(report["failures"]) == ["open_drawer/000000", "open_drawer/000001"]
@@ -170,11 +186,11 @@ def test_task_level_env_starts_from_the_drawn_state_and_reports_the_oracle(tmp_p
         assert np.allclose(observation["agent_pos"][7:14], start.robot_obs[7:14], atol=1e-3)
         assert info["episode_seed"] == 5 and env.task_description == load_instructions()["open_drawer"]
         skill = SKILLS["open_drawer"](CartesianDriver(SceneView(env._simulator)))
-        for steps, action in enumerate(skill, start=1):
+        for action in skill:
             _, reward, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 break
-        assert terminated and info["is_success"] and reward == 1.0 and steps < 60
+        assert terminated and info["is_success"] and reward == 1.0 and env.subtask_steps < 60
         env.reset(seed=6)
         for _ in range(60):  # holding still never opens the drawer
             _, _, terminated, truncated, info = env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))

@@ -45,12 +45,17 @@ def test_preconditions_match_the_scene():
     assert drawer_closed and all(c["drawer"] == "closed" for c in drawer_closed)
     for condition in conditions_for_task("lift_pink_block_slider"):
         # a block in the cabinet is reachable where the sliding door is not
-        assert (condition["pink_block"], condition["slider"]) in {("slider_left", "right"), ("slider_right", "left")}
+        assert (condition["pink_block"], condition["slider"]) in {
+            ("slider_left", "right"),
+            ("slider_right", "left"),
+        }
     with pytest.raises(KeyError, match="place_in_drawer"):
         conditions_for_task("place_in_drawer")
 
 
-@pytest.mark.parametrize("task", ["open_drawer", "turn_off_led", "rotate_blue_block_left", "lift_red_block_slider"])
+@pytest.mark.parametrize(
+    "task", ["open_drawer", "turn_off_led", "rotate_blue_block_left", "lift_red_block_slider"]
+)
 def test_draws_are_deterministic_valid_and_varied(task):
     starts = [draw_task_start(task, seed) for seed in range(40)]
     valid = {_key(c) for c in conditions_for_task(task)}

@@ -21,8 +21,9 @@ seed among CALVIN's initial conditions in which the task can be done, robot at i
 noise (:func:`~lerobot_defi.envs.calvin_task_starts.draw_task_start` with ``purpose="evaluate"``, a seed
 stream the scripted recorder never uses); success is CALVIN's oracle within ``episode_length`` steps.
 
-``camera_size=N`` resizes both cameras to N x N (:func:`resize_camera_image`, the resize the recorder's
-``--camera_size`` applies to its datasets).
+``camera_size=N`` serves both cameras at N x N: calvin_env renders them at that size (CALVIN's camera poses and
+fields of view, as the recorder's ``--camera_size`` does); a custom simulator that ignores it is resized
+(:func:`resize_camera_image`).
 
 Actions: (7,) CALVIN relative actions ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in [-1, 1];
 the gripper is binarized to exactly -1 (close) or 1 (open) before it reaches the simulator.
@@ -40,7 +41,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lerobot_defi.envs.calvin_initial_state import state_for_initial_condition
-from lerobot_defi.envs.calvin_instructions import check_instructions_cover, load_instructions
+from lerobot_defi.envs.calvin_instructions import check_instructions_cover, instructions_for
 from lerobot_defi.envs.calvin_sequences import CalvinSequence, load_sequences
 from lerobot_defi.envs.calvin_simulator import DEFAULT_SCENE, load_simulator_factory
 from lerobot_defi.envs.calvin_task_starts import DEFAULT_HOME_JOINT_NOISE, draw_task_start
@@ -97,6 +98,7 @@ class CalvinEnv(gym.Env):
         task: str | None = None,
         camera_size: int | None = None,
         home_joint_noise: float = DEFAULT_HOME_JOINT_NOISE,
+        instruction_source: str = "evaluation",
     ):
         super().__init__()
         if episode_length < 1:
@@ -122,7 +124,11 @@ class CalvinEnv(gym.Env):
         shortest = min(len(s.tasks) for s in self.sequences)
         if not 1 <= subtasks_per_episode <= shortest:
             raise ValueError(f"subtasks_per_episode must be in [1, {shortest}], got {subtasks_per_episode}")
-        self.instructions = dict(instructions) if instructions is not None else load_instructions(dataset_dir)
+        self.instructions = (
+            dict(instructions)
+            if instructions is not None
+            else instructions_for(instruction_source, dataset_dir)
+        )
         check_instructions_cover(
             self.instructions,
             {task for s in self.sequences for task in s.tasks[:subtasks_per_episode]},
@@ -136,6 +142,7 @@ class CalvinEnv(gym.Env):
             "dataset_dir": dataset_dir,
             "renderer": renderer,
             "cuda_device_index": cuda_device_index,
+            **({"camera_size": camera_size} if camera_size is not None else {}),
         }
         self._simulator_factory_path = simulator_factory
         self._simulator = None

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 
 PACKAGED_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_validation_instructions.json"
+# CALVIN's training annotation sentences, {task: [sentence, ...]} (calvin_models/conf/annotations/new_playtable.yaml).
+TRAINING_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_training_instructions.json"
+INSTRUCTION_SOURCES = ("evaluation", "training")
 EMBEDDINGS_FILE = Path("lang_annotations") / "embeddings.npy"
 
 
@@ -35,6 +38,22 @@ def load_instructions(dataset_dir: str | Path | None = None) -> dict[str, str]:
             raise ValueError(f"{path}: task {task!r} has no 'ann' sentences")
         instructions[task] = str(sentences[0])
     return instructions
+
+
+def training_instructions() -> dict[str, list[str]]:
+    """CALVIN's training annotation sentences, ``{task: [sentence, ...]}`` (never the evaluation sentence)."""
+    with open(TRAINING_INSTRUCTIONS_FILE) as f:
+        return {task: list(sentences) for task, sentences in json.load(f).items()}
+
+
+def instructions_for(source: str, dataset_dir: str | Path | None = None) -> dict[str, str]:
+    """``{task: sentence}``: the evaluation sentences (``"evaluation"``, see :func:`load_instructions`) or the
+    first training sentence of each task (``"training"``)."""
+    if source == "evaluation":
+        return load_instructions(dataset_dir)
+    if source == "training":
+        return {task: sentences[0] for task, sentences in training_instructions().items()}
+    raise ValueError(f"instruction source must be one of {INSTRUCTION_SOURCES}, got {source!r}")
 
 
 def check_instructions_cover(instructions: dict[str, str], tasks: set[str], source: str) -> None:

@@ -18,8 +18,10 @@ The dataset has exactly the features of ``lerobot-defi-convert calvin`` (cameras
 runs in ``lerobot-eval --env.type=calvin`` unchanged. ``--camera_size=N`` resizes both cameras to N x N
 (``--env.camera_size=N`` serves the same images in evaluation).
 
-Episodes are simulated by ``num_workers`` processes, one simulator each, and written in a fixed order, so the
-dataset depends only on the options; an interrupted run resumes (``episode_writer``). Failed attempts are retried
+Episodes are simulated by ``num_workers`` processes, one simulator each (never in the writing process), and
+written in a fixed order; an episode depends only on its task, seed and the options, not on which worker played
+it or what it played before (calvin_env's reset restores the scene; the recorder re-opens the gripper, which
+calvin_env's reset leaves as it was). An interrupted run resumes (``episode_writer``). Failed attempts are retried
 with the next seeds of that task until ``episodes_per_task`` are kept or ``max_attempts_per_task`` are spent.
 ``meta/calvin_recording.json`` reports the attempts, kept episodes and the expert's success rate per task.
 
@@ -41,11 +43,11 @@ import numpy as np
 
 from lerobot_defi.envs.calvin import resize_camera_image
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
+from lerobot_defi.envs.calvin_instructions import training_instructions
 from lerobot_defi.envs.calvin_task_starts import DEFAULT_HOME_JOINT_NOISE, TASK_PRECONDITIONS, draw_task_start
 
 logger = logging.getLogger(__name__)
 
-TRAINING_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_training_instructions.json"
 RECORDING_REPORT_FILE = "calvin_recording.json"
 RECORDING_OPTIONS_FILE = "calvin_recording_options.json"
 RECORDED_EPISODES_LOG = "calvin_recorded_episodes.jsonl"
@@ -80,11 +82,11 @@ class RecordCalvinConfig:
     max_attempts_per_task: int | None = None
     # Seed of the first attempt of every task; attempt k uses seed + k.
     seed: int = 0
-    # Simulator processes (0: simulate in the main process).
-    num_workers: int = 0
+    # Simulator processes (one simulator each); the main process writes the dataset.
+    num_workers: int = 1
     # "auto" (EGL if an EGL library exists), "egl", or "tiny" (PyBullet's CPU TinyRenderer).
     renderer: str = "auto"
-    # Resize both cameras to camera_size x camera_size (None: CALVIN's 200x200 static and 84x84 gripper).
+    # Render both cameras at camera_size x camera_size (None: CALVIN's 200x200 static and 84x84 gripper).
     camera_size: int | None = None
     # Cameras as videos (the converter's format, small on disk) or as PNG frames (false: larger, much faster to
     # read in training: no video decoding).
@@ -118,6 +120,8 @@ class RecordCalvinConfig:
             raise ValueError(f"camera_size must be >= 8 pixels, got {self.camera_size}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers (simulator processes) must be >= 1, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -130,11 +134,6 @@ class EpisodeOptions:
     perturbation: PerturbationConfig
     frames_after_success: int
     max_episode_steps: int
-
-
-def training_instructions() -> dict[str, list[str]]:
-    """CALVIN's training annotation sentences, ``{task: [sentence, ...]}`` (never the evaluation sentence)."""
-    return json.loads(TRAINING_INSTRUCTIONS_FILE.read_text())
 
 
 def recording_features(camera_size: int | None) -> dict[str, dict]:
@@ -151,14 +150,17 @@ def recording_features(camera_size: int | None) -> dict[str, dict]:
 _WORKER_SIMULATOR: dict = {}
 
 
-def _simulator(renderer: str):
-    """This process's simulator and oracle (built once per process)."""
-    if renderer not in _WORKER_SIMULATOR:
+def _simulator(renderer: str, camera_size: int | None):
+    """This worker process's simulator and oracle (built once per process)."""
+    key = (renderer, camera_size)
+    if key not in _WORKER_SIMULATOR:
         from lerobot_defi.envs.calvin_simulator import build_calvin_simulator
 
+        for simulator, _ in _WORKER_SIMULATOR.values():
+            simulator.close()
         _WORKER_SIMULATOR.clear()
-        _WORKER_SIMULATOR[renderer] = build_calvin_simulator(renderer=renderer)
-    return _WORKER_SIMULATOR[renderer]
+        _WORKER_SIMULATOR[key] = build_calvin_simulator(renderer=renderer, camera_size=camera_size)
+    return _WORKER_SIMULATOR[key]
 
 
 def play_episode(options: EpisodeOptions, attempt: tuple[str, int]):
@@ -167,7 +169,7 @@ def play_episode(options: EpisodeOptions, attempt: tuple[str, int]):
     from lerobot_defi.conversions.episode_writer import EpisodeFrames, SkipEpisode
 
     task, seed = attempt
-    simulator, oracle = _simulator(options.renderer)
+    simulator, oracle = _simulator(options.renderer, options.camera_size)
     start = draw_task_start(task, seed, purpose="record", home_joint_noise=options.home_joint_noise)
     simulator.reset(robot_obs=start.robot_obs, scene_obs=start.scene_obs)
     simulator.robot.gripper_action = 1  # calvin_env's reset keeps the previous episode's gripper command

@@ -36,6 +36,7 @@ from lerobot_defi.envs.calvin import (
     camera_shapes,
     make_calvin_env,
 )
+from lerobot_defi.envs.calvin_instructions import INSTRUCTION_SOURCES
 from lerobot_defi.envs.calvin_sequences import SUBTASKS_PER_SEQUENCE
 from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
@@ -84,8 +85,12 @@ class CalvinEnvConfig(EnvConfig):
     simulator_factory: str | None = None
     # Task-level mode: single-task episodes of these CALVIN tasks (one vector env per task); None: sequences.
     tasks: list[str] | None = None
-    # Serve both cameras resized to camera_size x camera_size (None: 200x200 static, 84x84 gripper).
+    # Serve both cameras at camera_size x camera_size (None: 200x200 static, 84x84 gripper).
     camera_size: int | None = None
+    # The sentence a task is given by: "evaluation" (CALVIN's held-out validation sentence, its protocol) or
+    # "training" (the task's first training annotation sentence: for policies whose language encoder cannot
+    # generalise to unseen paraphrases, e.g. the offline benchmark's random stand-ins).
+    instructions: str = "evaluation"
     features: dict[str, PolicyFeature] = field(
         default_factory=lambda: {
             "pixels/static": PolicyFeature(type=FeatureType.VISUAL, shape=STATIC_IMAGE_SHAPE),
@@ -124,6 +129,10 @@ class CalvinEnvConfig(EnvConfig):
                 )
             if self.subtasks_per_episode != 1:
                 raise ValueError("env.tasks plays one task per episode: leave env.subtasks_per_episode at 1")
+        if self.instructions not in INSTRUCTION_SOURCES:
+            raise ValueError(
+                f"env.instructions must be one of {INSTRUCTION_SOURCES}, got {self.instructions!r}"
+            )
         if self.camera_size is not None:
             if self.camera_size < 8:
                 raise ValueError(f"env.camera_size must be >= 8 pixels, got {self.camera_size}")
@@ -146,6 +155,7 @@ class CalvinEnvConfig(EnvConfig):
             "renderer": self.renderer,
             "simulator_factory": self.simulator_factory,
             "camera_size": self.camera_size,
+            "instruction_source": self.instructions,
         }
 
     def provided_policy_features(self) -> dict[str, PolicyFeature]:
