@@ -365,7 +365,7 @@ class Benchmark:
                 log.flush()
                 env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
                 process = subprocess.Popen(
-                    job.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                    job.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.out
                 )
                 running[job.name] = (job, process, time.time())
                 pending.remove(job)

@@ -295,10 +295,11 @@ class CalvinEnv(gym.Env):
                 f"CALVIN observation lacks {error}; expected rgb_obs/rgb_static, rgb_obs/rgb_gripper, robot_obs "
                 "and scene_obs (build the simulator with the static_and_gripper cameras)"
             ) from None
-        if static.shape != STATIC_IMAGE_SHAPE or gripper.shape != GRIPPER_IMAGE_SHAPE:
+        served = {(STATIC_IMAGE_SHAPE, GRIPPER_IMAGE_SHAPE), camera_shapes(self.camera_size)}
+        if (static.shape, gripper.shape) not in served:
             raise ValueError(
-                f"CALVIN cameras render {static.shape} (static) and {gripper.shape} (gripper); "
-                f"expected {STATIC_IMAGE_SHAPE} and {GRIPPER_IMAGE_SHAPE}"
+                f"CALVIN cameras render {static.shape} (static) and {gripper.shape} (gripper); expected "
+                f"{STATIC_IMAGE_SHAPE} and {GRIPPER_IMAGE_SHAPE}, or camera_size {self.camera_size} squared"
             )
         self._last_static_image = resize_camera_image(static, self.camera_size)
         return {
