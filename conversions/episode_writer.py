@@ -249,11 +249,10 @@ def _roll_back_to_checkpoint(root: Path, progress: dict) -> dict | None:
             checkpoint["episodes"],
             len(progress["episodes"]) - checkpoint["episodes"],
         )
-    progress.update(
+    progress.update(  # still not finalized: the dataset is the checkpoint's, the run goes on from there
         episodes=progress["episodes"][: checkpoint["episodes"]],
         bad=dict(checkpoint["bad"]),
         skipped=dict(checkpoint["skipped"]),
-        finalized=True,
     )
     _save_progress(root, progress)
     return progress
@@ -341,6 +340,7 @@ def write_episodes(
     LeRobot appends each episode by rewriting the current file (~3 ms per MB on this machine), so with many
     short episodes a smaller size saves time; it only applies when the dataset is created.
     """
+    from lerobot.datasets.io_utils import load_info
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     root = Path(root)
@@ -386,21 +386,22 @@ def write_episodes(
         _mark_incomplete(dataset, WRITING)
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:
-        dataset = open_dataset()
-        if dataset.meta.total_episodes != len(progress_state["episodes"]):
+        # Checked on meta/info.json as it is, before LeRobot reopens the dataset (which unmarks it): a refused run
+        # leaves a complete dataset complete and an incomplete one marked.
+        info = load_info(root)
+        if info.total_episodes != len(progress_state["episodes"]):
             raise ConversionInputError(
                 f"{root}: {PROGRESS_FILE} lists {len(progress_state['episodes'])} episodes but the dataset has "
-                f"{dataset.meta.total_episodes}; delete the folder or pass --overwrite"
+                f"{info.total_episodes}; delete the folder or pass --overwrite"
             )
         expected = {k: tuple(v["shape"]) for k, v in features.items()}
-        present = {
-            k: tuple(dataset.meta.features[k]["shape"]) for k in features if k in dataset.meta.features
-        }
-        if present != expected or dataset.meta.fps != fps:
+        present = {k: tuple(info.features[k]["shape"]) for k in features if k in info.features}
+        if present != expected or info.fps != fps:
             raise ConversionInputError(
-                f"{root}: the existing dataset (fps {dataset.meta.fps}, features {present}) does not match this "
+                f"{root}: the existing dataset (fps {info.fps}, features {present}) does not match this "
                 f"run (fps {fps}, features {expected}); use another --root or --overwrite"
             )
+        dataset = open_dataset()
         progress_state["finalized"] = False
     progress_state["planned"] = len(items)
     _save_progress(root, progress_state)

@@ -83,8 +83,8 @@ def convert_oxe(
         except TFRecordError as err:
             if not skip_bad:
                 raise ConversionInputError(
-                    f"{err}; nothing written: fix the shard and run the same command again, or add --skip-bad "
-                    "to skip this shard"
+                    f"{err}; this run wrote nothing: fix the shard and run the same command again, or add "
+                    "--skip-bad to skip this shard"
                 ) from err
             bad_shards[shard.name] = str(err)
             continue

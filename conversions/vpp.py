@@ -141,8 +141,8 @@ def convert_vpp(
         except VPPFormatError as err:
             if not skip_bad:
                 raise ConversionInputError(
-                    f"{err} [source episode {key}]; nothing written: fix the input and run the same command "
-                    "again, or add --skip-bad to skip such episodes"
+                    f"{err} [source episode {key}]; this run wrote nothing: fix the input and run the same "
+                    "command again, or add --skip-bad to skip such episodes"
                 ) from err
             logger.warning("skipping %s: %s", key, err)
             bad_at_plan[key] = str(err)

@@ -196,6 +196,10 @@ def test_interrupted_conversion_resumes_to_the_same_dataset(tmp_path, calvin_sli
     # Resuming with other options would mix two conversions in one dataset: refused.
     with pytest.raises(CalvinFormatError, match="layout: 'windows' then, 'play' now"):
         convert_calvin(split, "local/r", root=root, layout="play", progress=False)
+    with pytest.raises(ConversionInputError, match="does not match this run"):
+        convert_calvin(split, "local/r", root=root, fps=10, progress=False)
+    # A refused run leaves the dataset as it was (complete, loadable).
+    assert LeRobotDataset("local/r", root=root).num_episodes == 2
 
 
 # Runs a conversion in a child process that dies like SIGKILL (os._exit: no finally, parquet writers left

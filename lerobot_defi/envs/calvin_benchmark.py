@@ -47,6 +47,7 @@ from lerobot_defi.envs.calvin_simulator import (
     CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
+    calvin_env_package_dir,
     check_dataset_dir,
 )
 from lerobot_defi.envs.calvin_video import SequenceVideoWriter
@@ -376,8 +377,10 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
         )
     env_cfg = cfg.env_config()
     env_cfg.validate_policy_features(cfg.policy, cfg.rename_map)  # before any simulator starts
-    if cfg.simulator_factory is None and not calvin_env_available():
-        raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+    if cfg.simulator_factory is None:
+        if not calvin_env_available():
+            raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+        calvin_env_package_dir()  # refuses a calvin_env folder that shadows the package
     check_dataset_dir(cfg.dataset_dir, "--dataset-dir")
     probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
     if cfg.num_sequences > len(probe.sequences):

@@ -36,6 +36,7 @@ from lerobot_defi.envs.calvin_simulator import (
     CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
+    calvin_env_package_dir,
     check_dataset_dir,
     print_if_uncaught,
     use_egl_for,
@@ -181,11 +182,13 @@ class CalvinEnvConfig(EnvConfig):
 
         Setup errors (calvin_env missing, a bad ``--env.dataset_dir``) print as one ``error:`` message, not a
         traceback, when they reach the top of ``lerobot-eval``."""
-        if self.simulator_factory is None and not calvin_env_available():
-            raise print_if_uncaught(CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT))
         try:
+            if self.simulator_factory is None:
+                if not calvin_env_available():
+                    raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+                calvin_env_package_dir()  # refuses a calvin_env folder that shadows the package
             check_dataset_dir(self.dataset_dir, "--env.dataset_dir")
-        except CalvinDatasetDirError as error:
+        except (CalvinEnvNotInstalledError, CalvinDatasetDirError) as error:
             raise print_if_uncaught(error) from None
         env_fns = [
             freeze_after_episode_end(
