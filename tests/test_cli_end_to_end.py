@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_cli(args: list[str], cwd: Path) -> str:
-    # One torch thread per process (torchrun's ranks get one anyway): the tiny networks gain nothing from more,
-    # and spinning OpenMP threads make these runs ~3-10x slower on a machine busy with other jobs.
+    # One torch thread per process (torchrun gives its ranks one anyway): on a machine busy with other jobs,
+    # spinning OpenMP threads make these runs ~3-10x slower instead of in proportion to the load.
     env = {
         "OMP_NUM_THREADS": "1",
         **os.environ,
