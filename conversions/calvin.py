@@ -52,7 +52,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .episode_writer import ConversionInputError, EpisodeFrames, add_output_arguments, write_episodes
+from .episode_writer import (
+    WRITER_VIDEO_BACKEND,
+    ConversionInputError,
+    EpisodeFrames,
+    add_output_arguments,
+    report_bad_input,
+    write_episodes,
+)
 
 try:  # ISA-L's inflate is ~2.5x faster than zlib's on CALVIN frames; reading competes with video encoding
     from isal.isal_zlib import decompress as _inflate
@@ -456,7 +463,7 @@ def convert_calvin(
     if push_to_hub:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        LeRobotDataset(repo_id, root=root).push_to_hub(private=private)
+        LeRobotDataset(repo_id, root=root, video_backend=WRITER_VIDEO_BACKEND).push_to_hub(private=private)
     if report.bad:
         print(report.summary(), file=sys.stderr)
     return root
@@ -547,8 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             private=args.private,
         )  # fmt: skip
     except ConversionInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_bad_input(err)
     print(f"wrote {root}")
     return 0
 

@@ -16,15 +16,23 @@ copies the files LeRobot rewrites in place (``meta/info.json``, ``stats.json``, 
 run after such a kill rolls back to the last checkpoint (deletes the newer files, restores the copies) and
 redoes the episodes after it, giving the same episodes, frames and stats as an uninterrupted run. The dataset
 is complete only when ``conversion_progress.json`` says ``"finalized": true``.
+
+Until then it is visibly incomplete: while a run writes, and after a run that stopped (bad input without
+``--skip-bad``, an error, Ctrl-C, a kill), ``meta/info.json`` carries a ``codebase_version`` that starts with
+``INCOMPLETE`` and says why, so ``LeRobotDataset(...)`` (and ``lerobot-train``) refuses it with that one line
+instead of loading part of the data as if it were all of it. The progress file then records ``planned`` and
+``written`` episodes and the ``error``; the next run of the same command continues from the episodes written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -41,10 +49,38 @@ PROGRESS_FILE = "conversion_progress.json"
 CHECKPOINT_DIR = ".conversion_checkpoint"
 LEROBOT_DIRS = ("data", "videos", "meta", "images")  # what LeRobot writes under root (rolled back on resume)
 REWRITTEN_IN_PLACE = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet")
+# meta/info.json's codebase_version while the dataset is not complete: LeRobot cannot parse it as a version and
+# refuses to load the dataset, printing it ("Invalid version: 'INCOMPLETE dataset: ...'").
+INCOMPLETE_MARK = "INCOMPLETE dataset"
+WRITING = "a lerobot-defi-convert run is writing it, or was stopped or killed before it finished"
+# Exit status of every lerobot-defi-convert command stopped by bad input (argparse's usage errors are 2 as well).
+BAD_INPUT_EXIT_CODE = 2
+# The writer never decodes video; naming a backend keeps LeRobot from probing torchcodec (a long traceback
+# where FFmpeg's shared libraries are missing).
+WRITER_VIDEO_BACKEND = "pyav"
 
 
 class ConversionInputError(ValueError):
     """Bad input that stops a conversion (re-run with --skip-bad to skip such episodes)."""
+
+
+def report_bad_input(error: BaseException) -> int:
+    """Print ``error: <message>`` on its own line of stderr; return ``BAD_INPUT_EXIT_CODE`` (for a ``main``)."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    return BAD_INPUT_EXIT_CODE
+
+
+def quiet_video_encoding() -> None:
+    """Keep the encoders' chatter out of the terminal (errors still print): the AV1 encoder's banners (SVT-AV1
+    prints ~25 ``Svt[info]`` lines per video through its own logger, whose level comes from ``SVT_LOG``: 1 keeps
+    errors), FFmpeg's info lines (``Starting second pass``; LeRobot's encoder re-installs FFmpeg's default
+    logger, which reads this level) and the ``datasets`` library's ``Map`` bars for a few rows."""
+    import av.logging
+    import datasets
+
+    os.environ.setdefault("SVT_LOG", "1")
+    av.logging.set_libav_level(av.logging.ERROR)
+    datasets.disable_progress_bars()
 
 
 class SkipEpisode(Exception):
@@ -111,6 +147,41 @@ def _lerobot_files(root: Path) -> dict[str, int]:
     }
 
 
+def _incomplete_version(reason: str) -> str:
+    return (
+        f"{INCOMPLETE_MARK}: {reason}; see {PROGRESS_FILE} in this folder, then run the same "
+        "lerobot-defi-convert command again to complete it"
+    )
+
+
+def _mark_incomplete(dataset, reason: str) -> None:
+    """Make ``meta/info.json`` say the dataset is incomplete (LeRobot then refuses to load it, with ``reason``);
+    LeRobot keeps the mark whenever it rewrites the file during the run."""
+    from lerobot.datasets.io_utils import write_info
+
+    dataset.meta.info.codebase_version = _incomplete_version(reason)
+    write_info(dataset.meta.info, dataset.meta.root)
+
+
+def _mark_complete(dataset) -> None:
+    from lerobot.datasets.dataset_metadata import CODEBASE_VERSION
+    from lerobot.datasets.io_utils import write_info
+
+    dataset.meta.info.codebase_version = CODEBASE_VERSION
+    write_info(dataset.meta.info, dataset.meta.root)
+
+
+def _unmark_for_resume(root: Path) -> None:
+    """Give ``meta/info.json`` LeRobot's version back so ``LeRobotDataset.resume`` opens the dataset to append."""
+    from lerobot.datasets.dataset_metadata import CODEBASE_VERSION
+    from lerobot.datasets.io_utils import load_info, write_info
+
+    info = load_info(root)
+    if info.codebase_version.startswith(INCOMPLETE_MARK):
+        info.codebase_version = CODEBASE_VERSION
+        write_info(info, root)
+
+
 def _write_checkpoint(root: Path, progress: dict) -> None:
     """Record the finalized dataset at root as the state a killed run rolls back to (see the module docstring)."""
     name = f"{len(progress['episodes']):09d}"
@@ -162,18 +233,26 @@ def _roll_back_to_checkpoint(root: Path, progress: dict) -> dict | None:
         for path in sorted((root / folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-    logger.warning(
-        "%s: the previous run was killed before finalizing; rolled back to its checkpoint at %d episodes "
-        "(%d saved after it are redone)",
-        root,
-        checkpoint["episodes"],
-        len(progress["episodes"]) - checkpoint["episodes"],
-    )
-    progress.update(
+    if progress.get("error") and checkpoint["episodes"] == len(progress["episodes"]):
+        logger.info(
+            "%s: continuing the run that stopped after %d of %d episodes (%s)",
+            root,
+            checkpoint["episodes"],
+            progress.get("planned", 0),
+            progress["error"],
+        )
+    else:
+        logger.warning(
+            "%s: the previous run was killed before finalizing; rolled back to its checkpoint at %d episodes "
+            "(%d saved after it are redone)",
+            root,
+            checkpoint["episodes"],
+            len(progress["episodes"]) - checkpoint["episodes"],
+        )
+    progress.update(  # still not finalized: the dataset is the checkpoint's, the run goes on from there
         episodes=progress["episodes"][: checkpoint["episodes"]],
         bad=dict(checkpoint["bad"]),
         skipped=dict(checkpoint["skipped"]),
-        finalized=True,
     )
     _save_progress(root, progress)
     return progress
@@ -261,12 +340,14 @@ def write_episodes(
     PNG files first and encoding at ``save_episode``.
     checkpoint_every: saved episodes between checkpoints (the most work a killed run loses); each checkpoint
     starts new data/video files, so larger values give fewer files.
-    use_videos: store ``"video"`` features as encoded videos (True) or as per-frame PNG images in the parquet
-    files (False: larger on disk, much cheaper to read in training).
     video_files_size_in_mb: size at which LeRobot starts a new video file (``None``: LeRobot's default, 200 MB).
     LeRobot appends each episode by rewriting the current file (~3 ms per MB on this machine), so with many
     short episodes a smaller size saves time; it only applies when the dataset is created.
+    use_videos: store ``"video"`` features as encoded videos (True) or as PNG images in the parquet files (False:
+    larger, no video decoding; but LeRobot decodes a row's images whenever it reads that row, also for the other
+    frames of an action chunk, so videos are faster to train from when chunks are long).
     """
+    from lerobot.datasets.io_utils import load_info
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     root = Path(root)
@@ -289,44 +370,53 @@ def write_episodes(
     encoder_queue_maxsize = 0
 
     def open_dataset() -> LeRobotDataset:
-        return LeRobotDataset.resume(
+        _unmark_for_resume(root)
+        dataset = LeRobotDataset.resume(
             repo_id,
             root=root,
+            video_backend=WRITER_VIDEO_BACKEND,
             streaming_encoding=streaming_encoding,
             encoder_queue_maxsize=encoder_queue_maxsize,
             image_writer_threads=image_writer_threads,
         )
+        _mark_incomplete(dataset, WRITING)
+        return dataset
 
     image_writer_threads = 0
     if not use_videos:  # PNG encoding in LeRobot's writer threads
         features = {k: {**v, "dtype": "image"} if v["dtype"] == "video" else v for k, v in features.items()}
         image_writer_threads = 4
+
+    quiet_video_encoding()
     if progress_state is None:
         shutil.rmtree(root, ignore_errors=True)  # empty, or left by a run killed before its first checkpoint
         dataset = LeRobotDataset.create(
             repo_id, fps=fps, features=features, root=root, robot_type=robot_type, use_videos=use_videos,
             metadata_buffer_size=1, streaming_encoding=streaming_encoding,
             encoder_queue_maxsize=encoder_queue_maxsize, video_files_size_in_mb=video_files_size_in_mb,
-            image_writer_threads=image_writer_threads,
+            video_backend=WRITER_VIDEO_BACKEND, image_writer_threads=image_writer_threads,
         )  # fmt: skip
+        _mark_incomplete(dataset, WRITING)
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:
-        dataset = open_dataset()
-        if dataset.meta.total_episodes != len(progress_state["episodes"]):
+        # Checked on meta/info.json as it is, before LeRobot reopens the dataset (which unmarks it): a refused run
+        # leaves a complete dataset complete and an incomplete one marked.
+        info = load_info(root)
+        if info.total_episodes != len(progress_state["episodes"]):
             raise ConversionInputError(
                 f"{root}: {PROGRESS_FILE} lists {len(progress_state['episodes'])} episodes but the dataset has "
-                f"{dataset.meta.total_episodes}; delete the folder or pass --overwrite"
+                f"{info.total_episodes}; delete the folder or pass --overwrite"
             )
         expected = {k: tuple(v["shape"]) for k, v in features.items()}
-        present = {
-            k: tuple(dataset.meta.features[k]["shape"]) for k in features if k in dataset.meta.features
-        }
-        if present != expected or dataset.meta.fps != fps:
+        present = {k: tuple(info.features[k]["shape"]) for k in features if k in info.features}
+        if present != expected or info.fps != fps:
             raise ConversionInputError(
-                f"{root}: the existing dataset (fps {dataset.meta.fps}, features {present}) does not match this "
+                f"{root}: the existing dataset (fps {info.fps}, features {present}) does not match this "
                 f"run (fps {fps}, features {expected}); use another --root or --overwrite"
             )
+        dataset = open_dataset()
         progress_state["finalized"] = False
+    progress_state["planned"] = len(items)
     _save_progress(root, progress_state)
     _write_checkpoint(root, progress_state)
 
@@ -336,56 +426,93 @@ def write_episodes(
     report.skipped = dict(progress_state.setdefault("skipped", {}))
     settled = done | set(progress_state["bad"]) | set(report.skipped)
     todo = [(key, payload) for key, payload in items if key not in settled]
+    stopped_by: tuple[str, BaseException] | None = None  # (source key, bad input) that stopped the run
+    failure: BaseException | None = None
+    bar = tqdm(total=len(todo), desc=description, unit="episode", disable=not progress)
     try:
-        bar = tqdm(total=len(todo), desc=description, unit="episode", disable=not progress)
-        for key, result in _read_ahead(read_episode, todo, num_workers):
-            bar.update(1)
-            try:
-                if isinstance(result, BaseException):
-                    raise result
-                _add_episode(dataset, result)
-            except SkipEpisode as err:
-                report.skipped[key] = str(err)
-                progress_state["skipped"][key] = str(err)
+        with contextlib.closing(_read_ahead(read_episode, todo, num_workers)) as episodes:
+            for key, result in episodes:
+                bar.update(1)
+                try:
+                    if isinstance(result, BaseException):
+                        raise result
+                    _add_episode(dataset, result)
+                except SkipEpisode as err:
+                    report.skipped[key] = str(err)
+                    progress_state["skipped"][key] = str(err)
+                    _save_progress(root, progress_state)
+                    _report_result(bar, on_result, key, "skipped", None)
+                    continue
+                except bad_input_errors as err:
+                    dataset.clear_episode_buffer()
+                    if not skip_bad:
+                        stopped_by = (key, err)
+                        break
+                    _warn(bar, f"skipping {key}: {err}")
+                    report.bad[key] = str(err)
+                    progress_state["bad"][key] = str(err)
+                    _save_progress(root, progress_state)
+                    _report_result(bar, on_result, key, "bad", None)
+                    continue
+                episode_index = dataset.meta.total_episodes - 1
+                progress_state["episodes"].append(key)
                 _save_progress(root, progress_state)
-                _report_result(bar, on_result, key, "skipped", None)
-                continue
-            except bad_input_errors as err:
-                dataset.clear_episode_buffer()
-                if not skip_bad:
-                    raise ConversionInputError(
-                        f"{err}\n(source episode {key}; pass --skip-bad to skip it)"
-                    ) from err
-                logger.warning("skipping %s: %s", key, err)
-                report.bad[key] = str(err)
-                progress_state["bad"][key] = str(err)
-                _save_progress(root, progress_state)
-                _report_result(bar, on_result, key, "bad", None)
-                continue
-            episode_index = dataset.meta.total_episodes - 1
-            progress_state["episodes"].append(key)
-            _save_progress(root, progress_state)
-            report.written.append(key)
-            if on_saved is not None:
-                on_saved(key, episode_index, result)
-            _report_result(bar, on_result, key, "saved", result)
-            if len(progress_state["episodes"]) - progress_state["checkpoint"]["episodes"] >= checkpoint_every:
-                dataset.finalize()
-                _write_checkpoint(root, progress_state)
-                dataset = open_dataset()
-        bar.close()
+                report.written.append(key)
+                if on_saved is not None:
+                    on_saved(key, episode_index, result)
+                _report_result(bar, on_result, key, "saved", result)
+                since_checkpoint = len(progress_state["episodes"]) - progress_state["checkpoint"]["episodes"]
+                if since_checkpoint >= checkpoint_every:
+                    dataset.finalize()
+                    _write_checkpoint(root, progress_state)
+                    dataset = open_dataset()
+    except BaseException as err:  # an error or Ctrl-C: keep what was saved, mark the dataset incomplete
+        failure = err
+        raise
     finally:
+        bar.close()  # before any message, so that it starts on a line of its own
+        if failure is not None and dataset.has_pending_frames():
+            dataset.clear_episode_buffer()
         dataset.finalize()
-        progress_state["finalized"] = True
-        progress_state.pop("checkpoint", None)
-        _save_progress(root, progress_state)
-        shutil.rmtree(root / CHECKPOINT_DIR, ignore_errors=True)
+        written, planned = len(progress_state["episodes"]), len(items)
+        progress_state["written"] = written
+        if stopped_by is None and failure is None:
+            _mark_complete(dataset)
+            progress_state["finalized"] = True
+            progress_state.pop("checkpoint", None)
+            progress_state.pop("error", None)
+            _save_progress(root, progress_state)
+            shutil.rmtree(root / CHECKPOINT_DIR, ignore_errors=True)
+        else:
+            if stopped_by is not None:
+                progress_state["error"] = f"bad input in source episode {stopped_by[0]}: {stopped_by[1]}"
+                why = f"the conversion stopped on bad input after {written} of {planned} episodes"
+            else:
+                name = type(failure).__name__
+                progress_state["error"] = f"{name}: {failure}" if str(failure) else name
+                why = f"the conversion stopped ({name}) after {written} of {planned} episodes"
+            _write_checkpoint(root, progress_state)  # what the next run continues from
+            _mark_incomplete(dataset, why)
+    if stopped_by is not None:
+        key, err = stopped_by
+        raise ConversionInputError(
+            f"{err} [source episode {key}]; {written} of {planned} episodes written, {root} is marked incomplete: "
+            "fix the input and run the same command again, or add --skip-bad to skip such episodes"
+        ) from err
     report.bad.update({k: v for k, v in progress_state["bad"].items() if k not in report.bad})
     report.total_episodes = dataset.meta.total_episodes
     report.total_frames = dataset.meta.total_frames
     if push_to_hub:
         dataset.push_to_hub(private=private)
     return report
+
+
+def _warn(bar: tqdm, message: str) -> None:
+    """A warning that does not break the progress bar (printed above it)."""
+    if bar.disable:
+        logger.warning(message)
+    else:
+        bar.write(f"warning: {message}", file=sys.stderr)
 
 
 def _report_result(bar, on_result, key: str, outcome: str, episode: EpisodeFrames | None) -> None:

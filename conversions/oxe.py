@@ -24,6 +24,7 @@ from .episode_writer import (
     ConversionReport,
     EpisodeFrames,
     add_output_arguments,
+    report_bad_input,
     write_episodes,
 )
 from .oxe_datasets import UnknownOXEDatasetError
@@ -81,7 +82,10 @@ def convert_oxe(
             locations = index_tfrecord(shard)
         except TFRecordError as err:
             if not skip_bad:
-                raise ConversionInputError(f"{err}\n(pass --skip-bad to skip this shard)") from err
+                raise ConversionInputError(
+                    f"{err}; this run wrote nothing: fix the shard and run the same command again, or add "
+                    "--skip-bad to skip this shard"
+                ) from err
             bad_shards[shard.name] = str(err)
             continue
         items.extend((f"{shard.name}@{loc.offset}", loc) for loc in locations)
@@ -150,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             private=args.private,
         )
     except (ConversionInputError, RLDSFormatError, TFRecordError, UnknownOXEDatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_bad_input(err)
     print(report.summary())
     return 0
 

@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .episode_writer import (
+    WRITER_VIDEO_BACKEND,
     ConversionInputError,
     ConversionReport,
     EpisodeFrames,
     add_output_arguments,
+    report_bad_input,
     write_episodes,
 )
 from .vpp_export import VPPExportReport, export_vpp, latent_sidecar_path
@@ -50,6 +53,8 @@ from .vpp_source import (
 )
 
 __all__ = ["VPPConversionReport", "VPPExportReport", "convert_vpp", "export_vpp", "main"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,19 +127,27 @@ def convert_vpp(
     found = find_annotations(raw_dir, splits)
     if max_episodes is not None:
         found = found[:max_episodes]
+    # The schema comes from the first annotation whose JSON and videos read; a bad one stops the run like a bad
+    # later episode does (same message), or is skipped with skip_bad.
     bad_at_plan: dict[str, str] = {}
-    first = None
+    plan = None
     for split, json_path in found:
+        key = f"{split}/{json_path.stem}"
         try:
-            first = read_annotation(json_path, raw_dir, split)
+            plan = plan_vpp_conversion(
+                raw_dir, read_annotation(json_path, raw_dir, split), image_size=image_size, fps=fps
+            )
             break
         except VPPFormatError as err:
             if not skip_bad:
-                raise
-            bad_at_plan[f"{split}/{json_path.stem}"] = str(err)
-    if first is None:
+                raise ConversionInputError(
+                    f"{err} [source episode {key}]; this run wrote nothing: fix the input and run the same "
+                    "command again, or add --skip-bad to skip such episodes"
+                ) from err
+            logger.warning("skipping %s: %s", key, err)
+            bad_at_plan[key] = str(err)
+    if plan is None:
         raise ConversionInputError(f"{raw_dir}: no readable annotation among {len(found)}")
-    plan = plan_vpp_conversion(raw_dir, first, image_size=image_size, fps=fps)
     root = Path(root) if root is not None else _default_root(repo_id)
     missing: dict[str, str] = {}
     exported = 0
@@ -178,7 +191,7 @@ def convert_vpp(
     if push_to_hub:  # after the latent side files are in place, so they travel with the dataset
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        LeRobotDataset(repo_id, root=root).push_to_hub(private=private)
+        LeRobotDataset(repo_id, root=root, video_backend=WRITER_VIDEO_BACKEND).push_to_hub(private=private)
     return report
 
 
@@ -245,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_episodes=args.max_episodes,
             )  # fmt: skip
         except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            return report_bad_input(err)
         print(
             f"{report.output_dir}: {len(report.written)} episodes written, {len(report.skipped_existing)} already "
             f"there, {len(report.missing_latents)} latent file(s) not available"
@@ -275,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             private=args.private,
         )
     except (ConversionInputError, VPPFormatError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return report_bad_input(err)
     print(report.summary())
     return 0
 

@@ -218,10 +218,18 @@ def _resolve_latent(dataset_dir: Path, rel: str) -> Path | None:
     return None
 
 
+def _undecodable(path: str | Path, err: Exception) -> VPPFormatError:
+    """The one error of every video that cannot be opened or decoded (same text in planning and reading)."""
+    return VPPFormatError(f"{path}: cannot decode the video ({err})")
+
+
 def video_fps(path: str | Path) -> float:
-    """Average frame rate of the first video stream."""
-    with av.open(str(path)) as container:
-        rate = container.streams.video[0].average_rate
+    """Average frame rate of the first video stream; ``VPPFormatError`` when the file is not a readable video."""
+    try:
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+    except (av.error.FFmpegError, IndexError) as err:
+        raise _undecodable(path, err) from err
     return float(rate) if rate else 0.0
 
 
@@ -245,7 +253,7 @@ def read_video(path: str | Path, num_frames: int, size: tuple[int, int] | None) 
                 if len(frames) == num_frames:
                     break
     except (av.error.FFmpegError, IndexError) as err:
-        raise VPPFormatError(f"{path}: cannot decode the video ({err})") from err
+        raise _undecodable(path, err) from err
     if len(frames) < num_frames:
         raise VPPFormatError(
             f"{path}: the video has {len(frames)} frames but the annotation declares {num_frames} "
@@ -261,10 +269,13 @@ ACTION_KEY = "action"
 
 
 def video_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of the first video stream."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return stream.codec_context.height, stream.codec_context.width
+    """``(height, width)`` of the first video stream; ``VPPFormatError`` when the file is not a readable video."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return stream.codec_context.height, stream.codec_context.width
+    except (av.error.FFmpegError, IndexError) as err:
+        raise _undecodable(path, err) from err
 
 
 @dataclass

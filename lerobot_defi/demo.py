@@ -6,10 +6,19 @@
    with LeRobot's own ``lerobot-train``;
 3. load the checkpoint with ``DeFIPolicy.from_pretrained`` and the saved processors, and act on a real frame.
 
-It prints what it did and where the outputs are (``--output-dir``, default ``outputs/defi_demo``).
+It prints what it did and where the outputs are (``--output-dir``, default ``outputs/defi_demo``), with a
+progress bar while ``lerobot-train`` runs (its full log goes to ``train.log``).
+
+Threads: on a machine busy with other jobs, torch's spinning OpenMP threads slow the tiny networks down
+tenfold instead of in proportion to the load (2 cores at load 4-5: 1.6-5.2 s per update with 2 threads,
+0.65-1.1 s with 1; idle, 2 threads save about a third), so ``lerobot-train`` runs with one torch thread
+(``OMP_NUM_THREADS=1``) unless ``OMP_NUM_THREADS`` is set. The tiny preset reads data in the training process
+(``num_workers: 0``: no data-loader workers multiplying the threads).
 """
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -19,6 +28,33 @@ import time
 from pathlib import Path
 
 DEFAULT_RAW = Path("tests/data/calvin_mini_slice/training")
+TRAINING_BAR = re.compile(r"Training:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def training_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the demo's ``lerobot-train``: offline, and one torch (OpenMP / MKL) thread unless the
+    user chose a number (see the module docstring)."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    threads = env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", threads)
+    return env
+
+
+def run_with_progress(command: list[str], log_path: Path, steps: int, env: dict[str, str]) -> int:
+    """Run ``command`` with its output in ``log_path``; a progress bar follows lerobot-train's own bar there."""
+    from tqdm import tqdm
+
+    with open(log_path, "w") as log, tqdm(total=steps, desc="      lerobot-train", unit="step") as bar:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while process.poll() is None:
+            time.sleep(0.5)
+            done = TRAINING_BAR.findall(log_path.read_text(errors="replace")[-4000:])
+            if done:
+                bar.update(int(done[-1][0]) - bar.n)
+        if process.returncode == 0:
+            bar.update(steps - bar.n)
+    return process.returncode
 
 
 def _find_default_raw() -> Path | None:
@@ -46,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from lerobot.policies.factory import make_pre_post_processors
 
     from lerobot_defi.conversions.calvin import convert_calvin
+    from lerobot_defi.conversions.video_backend import describe_video_backend, video_backend
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
     from lerobot_defi.presets import preset_path
 
@@ -64,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/3] converted {raw} -> LeRobotDataset at {dataset_root} ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
+    backend, _ = video_backend()
     command = [
         str(Path(sys.executable).parent / "lerobot-train"),
         f"--config_path={preset_path('defi_tiny.yaml')}",
@@ -73,15 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         f"--steps={args.steps}",
         f"--save_freq={args.steps}",
         f"--log_freq={max(1, args.steps // 5)}",
-        "--dataset.video_backend=pyav",
+        f"--dataset.video_backend={backend}",
     ]
+    env = training_env()
     print("[2/3] " + " ".join(command))
-    result = subprocess.run(command, capture_output=True, text=True)
-    log = result.stdout + result.stderr
-    (out / "train.log").write_text(log)
-    if result.returncode != 0:
+    print(f"      {describe_video_backend()}")
+    print(f"      torch threads: {env['OMP_NUM_THREADS']} (OMP_NUM_THREADS); full log in {out / 'train.log'}")
+    returncode = run_with_progress(command, out / "train.log", args.steps, env)
+    log = (out / "train.log").read_text(errors="replace")
+    if returncode != 0:
         print(log[-4000:], file=sys.stderr)
-        return result.returncode
+        return returncode
     losses = re.findall(r"step:(\S+) .*? loss:([0-9.]+)", log)
     print(
         f"      trained {args.steps} steps in {time.perf_counter() - t0:.1f} s; loss by step: "
@@ -89,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     checkpoint = out / "train" / "checkpoints" / "last" / "pretrained_model"
-    policy = DeFIPolicy.from_pretrained(checkpoint)
+    with contextlib.redirect_stdout(io.StringIO()):  # LeRobot prints "Loading weights from local directory"
+        policy = DeFIPolicy.from_pretrained(checkpoint)
     pre, post = make_pre_post_processors(
         PreTrainedConfig.from_pretrained(checkpoint), pretrained_path=checkpoint
     )

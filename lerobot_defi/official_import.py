@@ -239,7 +239,7 @@ def official_calvin_config(**overrides):
     config = DeFIConfig(
         camera_keys=list(CALVIN_CAMERAS),
         gidm_camera="observation.images.static",
-        **overrides,
+        **{"binarize_gripper": True, **overrides},  # the authors' CALVIN policy binarises its gripper
     )
     config.normalization_mapping = {**config.normalization_mapping, "ACTION": NormalizationMode.IDENTITY}
     config.input_features = {k: PolicyFeature(FeatureType.VISUAL, s) for k, s in CALVIN_CAMERAS.items()}
@@ -353,6 +353,8 @@ def import_policy(
     stage3, gfdm_folder = Path(stage3), Path(gfdm)
     gfdm_info = inspect_gfdm_folder(gfdm_folder)
     config = config if config is not None else official_calvin_config()
+    if config.binarize_gripper is None:  # the authors' weights act on CALVIN, whose gripper is -1/+1
+        config.binarize_gripper = True
     official = load_stage3_state_dict(stage3)
     logger.info("%s: %d official tensors", stage3, len(official))
 

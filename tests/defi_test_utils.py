@@ -42,3 +42,32 @@ def tiny_batch(
     )
     batch["action_is_pad"] = torch.zeros(batch_size, config.chunk_size, dtype=torch.bool)
     return batch
+
+
+def assert_stopped_incomplete(repo_id: str, root: Path, written: int, planned: int) -> dict:
+    """A conversion stopped by bad input: LeRobotDataset refuses the folder with one line saying it is incomplete,
+    and the progress file records planned vs written episodes and the error. Returns the progress file."""
+    import json
+
+    import pytest
+    from lerobot.datasets import LeRobotDataset
+    from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
+
+    progress = json.loads((root / PROGRESS_FILE).read_text())
+    assert progress["finalized"] is False and (progress["written"], progress["planned"]) == (written, planned)
+    assert progress["error"].startswith("bad input in source episode")
+    expected = (
+        f"INCOMPLETE dataset: the conversion stopped on bad input after {written} of {planned} episodes"
+    )
+    with pytest.raises(ValueError, match=expected) as refused:
+        LeRobotDataset(repo_id, root=root)
+    assert "\n" not in str(refused.value)
+    return progress
+
+
+def error_line(stderr: str) -> str:
+    """The ``error: ...`` line a converter printed last; asserts it is one line of its own (after the progress
+    bar, not on it)."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), lines[-3:]
+    return lines[-1]

@@ -17,6 +17,7 @@ from calvin_fakes import (
     save_random_act_checkpoint,
     write_sequences_file,
 )
+from lerobot.configs import PreTrainedConfig
 
 from lerobot_defi.envs import calvin_benchmark
 from lerobot_defi.envs.calvin import CalvinEnv
@@ -182,18 +183,6 @@ def test_cli_resumes_a_partial_run_and_refuses_mismatches(
     lines = read_lines(out / "sequences.jsonl")
     assert [r["index"] for r in lines] == [0, 1] and lines[0] == first[0]
     assert json.loads((out / "results.json").read_text())["num_sequences"] == 2
-    with pytest.raises(ValueError, match=r"settings differ \(ep_len: 80 -> 81\)"):
-        main(
-            cli(
-                random_act,
-                recorded_sequences_file,
-                out,
-                "--num-sequences",
-                "2",
-                "--resume=true",
-                "--ep-len=81",
-            )
-        )
 
 
 def test_policy_with_other_cameras_fails_before_the_simulator_starts(
@@ -215,14 +204,50 @@ def test_policy_with_other_cameras_fails_before_the_simulator_starts(
     assert not (tmp_path / "eval").exists()
 
 
+def test_resume_with_other_settings_and_a_bad_dataset_dir_are_one_line_errors(
+    random_act, recorded_sequences_file, tmp_path, capsys
+):
+    out = tmp_path / "eval"
+    out.mkdir()
+    args = cli(random_act, recorded_sequences_file, out, "--num-sequences", "2", "--resume=true")
+    settings = calvin_benchmark.CalvinBenchmarkConfig(
+        policy=PreTrainedConfig.from_pretrained(random_act),
+        ep_len=EP_LEN,
+        sequences_file=str(recorded_sequences_file),
+    )
+    settings.policy.pretrained_path = random_act
+    (out / calvin_benchmark.RUN_CONFIG_FILE).write_text(json.dumps({**settings.protocol(), "ep_len": 81}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        f"error: cannot resume {out}: the evaluation settings differ (ep_len: 81 -> 80)"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                *cli(random_act, recorded_sequences_file, tmp_path / "other"),
+                "--dataset-dir",
+                str(tmp_path / "nope"),
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.splitlines()[-1].startswith(
+        f"error: --dataset-dir={tmp_path / 'nope'}: no such folder; expected a CALVIN validation"
+    )
+
+
 def test_missing_calvin_env_gives_an_install_hint(random_act, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(calvin_benchmark, "calvin_env_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
         main([f"--policy.path={random_act}", f"--output-dir={tmp_path / 'eval'}"])
     message = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "calvin_env` is not installed" in message and "git clone --recursive" in message
-    assert "Traceback" not in message
+    assert "calvin_env` is not installed" in message and "Traceback" not in message
+    assert "git clone https://github.com/mees/calvin_env.git ../calvin_env" in message
+    assert "--recursive" not in message and "OUTSIDE the project folder" in message
 
 
 @pytest.mark.slow

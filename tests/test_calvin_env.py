@@ -30,8 +30,11 @@ from lerobot_defi.envs.calvin_initial_state import state_for_initial_condition
 from lerobot_defi.envs.calvin_instructions import load_instructions
 from lerobot_defi.envs.calvin_sequences import load_sequences
 from lerobot_defi.envs.calvin_simulator import (
+    CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
+    calvin_env_root,
+    check_dataset_dir,
     require_calvin_env,
 )
 from lerobot_defi.envs.configuration_calvin import PolicyEnvMismatchError
@@ -310,10 +313,90 @@ def test_missing_calvin_env_gives_an_install_hint(monkeypatch):
     assert not calvin_env_available()
     with pytest.raises(CalvinEnvNotInstalledError, match=r"github\.com/mees/calvin_env"):
         require_calvin_env()
-    with pytest.raises(CalvinEnvNotInstalledError, match=r"pip install --no-deps -e \./calvin_env"):
+    with pytest.raises(
+        CalvinEnvNotInstalledError, match=r"\.venv/bin/pip install --no-deps -e \.\./calvin_env"
+    ):
         CalvinEnvConfig().create_envs(n_envs=1)
     with pytest.raises(CalvinEnvNotInstalledError):
         CalvinEnv().reset()
+
+
+def _uncaught(monkeypatch, capsys, error: BaseException) -> str:
+    """What Python prints when ``error`` reaches the top of a command (lerobot-eval lets it through)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    capsys.readouterr()
+    sys.excepthook(type(error), error, error.__traceback__)
+    return capsys.readouterr().err
+
+
+def test_lerobot_eval_setup_errors_print_one_message_not_a_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setitem(sys.modules, "calvin_env", None)
+    with pytest.raises(CalvinEnvNotInstalledError) as missing:
+        CalvinEnvConfig().create_envs(n_envs=1)
+    printed = _uncaught(monkeypatch, capsys, missing.value)
+    assert (
+        printed.startswith("error: CALVIN's simulator `calvin_env` is not installed")
+        and "Traceback" not in printed
+    )
+    monkeypatch.delitem(sys.modules, "calvin_env")
+    config = CalvinEnvConfig(dataset_dir=str(tmp_path / "task_ABC_D" / "validaton"), simulator_factory="x:y")
+    with pytest.raises(CalvinDatasetDirError) as bad_dir:
+        config.create_envs(n_envs=1)
+    printed = _uncaught(monkeypatch, capsys, bad_dir.value)
+    assert (
+        printed
+        == f"error: --env.dataset_dir={tmp_path}/task_ABC_D/validaton: no such folder; expected a CALVIN "
+        "validation split folder (e.g. task_ABC_D/validation) holding .hydra/merged_config.yaml and "
+        "lang_annotations/embeddings.npy\n"
+    )
+    other = ValueError("not ours")  # any other uncaught error keeps its traceback
+    try:
+        raise other
+    except ValueError:
+        pass
+    assert "Traceback" in _uncaught(monkeypatch, capsys, other)
+
+
+def test_dataset_dir_is_checked_and_named_as_the_command_spells_it(tmp_path):
+    check_dataset_dir(None, "--env.dataset_dir")
+    split = tmp_path / "validation"
+    (split / ".hydra").mkdir(parents=True)
+    (split / ".hydra" / "merged_config.yaml").write_text("env: {}\n")
+    with pytest.raises(
+        CalvinDatasetDirError, match=r"^--dataset-dir=.*validation lacks lang_annotations/embeddings\.npy"
+    ):
+        check_dataset_dir(split, "--dataset-dir")
+    (split / "lang_annotations").mkdir()
+    (split / "lang_annotations" / "embeddings.npy").write_bytes(b"")
+    check_dataset_dir(split, "--env.dataset_dir")
+
+
+def test_a_calvin_env_clone_in_the_working_directory_is_refused_clearly(tmp_path, monkeypatch):
+    """A clone inside the folder Python starts in is an empty namespace package named calvin_env, found before
+    the installed package: the check must fail with what to do (it used to pass, and building the simulator
+    failed later with a TypeError in calvin_env_root)."""
+    import importlib
+
+    clone = tmp_path / "calvin_env"  # a clone's root: conf/, data/, the package calvin_env/ inside
+    (clone / "conf").mkdir(parents=True)
+    (clone / "calvin_env").mkdir()
+    (clone / "calvin_env" / "__init__.py").write_text("")
+    saved = {k: v for k, v in sys.modules.items() if k == "calvin_env" or k.startswith("calvin_env.")}
+    for name in saved:
+        del sys.modules[name]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        with pytest.raises(CalvinEnvNotInstalledError, match="namespace package") as refused:
+            calvin_env_root()
+        assert str(clone) in str(refused.value) and "outside the project folder" in str(refused.value)
+        with pytest.raises(CalvinEnvNotInstalledError):
+            require_calvin_env()
+    finally:
+        for name in [k for k in sys.modules if k == "calvin_env" or k.startswith("calvin_env.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 def test_config_is_registered_with_the_dataset_feature_keys():
@@ -350,12 +433,16 @@ def test_policy_features_are_checked_against_the_cameras(tmp_path):
         PolicyEnvMismatchError, match=r"observation\.images\.top \(3, 200, 200\) is not served"
     ) as error:
         config.validate_policy_features(top)
-    assert "--rename_map" in str(error.value)
+    assert """--rename_map='{"observation.images.static": "observation.images.top"}'""" in str(error.value)
     config.validate_policy_features(top, rename_map={"observation.images.static": "observation.images.top"})
-    with pytest.raises(PolicyEnvMismatchError, match=r"observation\.state expects shape \(8,\)"):
+    with pytest.raises(PolicyEnvMismatchError, match=r"observation\.state expects shape \(8,\)") as error:
         config.validate_policy_features(act({}, state=8))
-    with pytest.raises(PolicyEnvMismatchError, match=r"action is \(14,\)"):
-        config.validate_policy_features(act({}, action=14))
+    assert "--rename_map" not in str(error.value)  # no renaming fixes a size
+    with pytest.raises(
+        PolicyEnvMismatchError, match=r"action is \(14,\); CALVIN takes \(7,\) relative"
+    ) as error:
+        config.validate_policy_features(act({"observation.images.static": (3, 200, 200)}, action=14))
+    assert "another robot's action space" in str(error.value) and "--rename_map" not in str(error.value)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from defi_test_utils import assert_stopped_incomplete
 from lerobot.datasets import LeRobotDataset
 from lerobot_defi.conversions.calvin import (
     CalvinFormatError,
@@ -195,6 +196,10 @@ def test_interrupted_conversion_resumes_to_the_same_dataset(tmp_path, calvin_sli
     # Resuming with other options would mix two conversions in one dataset: refused.
     with pytest.raises(CalvinFormatError, match="layout: 'windows' then, 'play' now"):
         convert_calvin(split, "local/r", root=root, layout="play", progress=False)
+    with pytest.raises(ConversionInputError, match="does not match this run"):
+        convert_calvin(split, "local/r", root=root, fps=10, progress=False)
+    # A refused run leaves the dataset as it was (complete, loadable).
+    assert LeRobotDataset("local/r", root=root).num_episodes == 2
 
 
 # Runs a conversion in a child process that dies like SIGKILL (os._exit: no finally, parquet writers left
@@ -297,6 +302,86 @@ def test_bad_input_names_the_file(tmp_path, calvin_slice):
         convert_calvin(broken, "local/x", root=tmp_path / "out3", progress=False)
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _rewrite_frame(**changes):
+    def rewrite(path):
+        frame = dict(np.load(path))
+        for key, value in changes.items():
+            if value is None:
+                del frame[key]
+            else:
+                frame[key] = value
+        np.savez_compressed(path, **frame)
+
+    return rewrite
+
+
+@pytest.mark.parametrize(
+    ("damage", "message", "then"),
+    [
+        (_truncate, r"episode_0000300\.npz is not a readable CALVIN frame", "skip_bad"),
+        (_rewrite_frame(rel_actions=None), r"episode_0000300\.npz lacks \['rel_actions'\]", "fix"),
+        (
+            _rewrite_frame(rgb_static=np.zeros((100, 100, 3), np.uint8)),
+            r"episode_0000300\.npz: rgb_static is uint8\(100, 100, 3\), expected uint8\(200, 200, 3\)",
+            "skip_bad",
+        ),
+        (
+            _rewrite_frame(rgb_gripper=np.zeros((84, 84, 3), np.float32)),
+            r"episode_0000300\.npz: rgb_gripper is float32\(84, 84, 3\), expected uint8\(84, 84, 3\)",
+            "fix",
+        ),
+    ],
+    ids=["truncated_npz", "no_rel_actions", "image_shape", "image_dtype"],
+)
+def test_a_run_stopped_by_bad_input_is_incomplete_until_rerun(
+    tmp_path, calvin_slice, windows_dataset, damage, message, then
+):
+    broken, root = tmp_path / "broken", tmp_path / "ds"
+    shutil.copytree(calvin_slice / "training", broken)
+    frame = broken / "episode_0000300.npz"  # in window 1 of 2
+    original = frame.read_bytes()
+    damage(frame)
+    with pytest.raises(ConversionInputError, match=message) as stopped:
+        convert_calvin(broken, "local/x", root=root, progress=False)
+    assert "1 of 2 episodes written" in str(stopped.value) and "--skip-bad" in str(stopped.value)
+    progress = assert_stopped_incomplete("local/x", root, written=1, planned=2)
+    assert "episode_0000300.npz" in progress["error"]
+    if then == "fix":  # the same command after the input is fixed completes the dataset
+        frame.write_bytes(original)
+        convert_calvin(broken, "local/x", root=root, progress=False)
+        completed = LeRobotDataset("local/x", root=root)
+        _, reference = windows_dataset
+        assert completed.hf_dataset.with_format(None)[:] == reference.hf_dataset.with_format(None)[:]
+    else:
+        convert_calvin(broken, "local/x", root=root, skip_bad=True, progress=False)
+        completed = LeRobotDataset("local/x", root=root)
+        assert completed.num_episodes == 1 and completed.num_frames == 48
+    progress = json.loads((root / "conversion_progress.json").read_text())
+    assert progress["finalized"] and "error" not in progress
+    assert list(progress["bad"]) == ([] if then == "fix" else ["training/window_000001"])
+
+
+def test_cli_bad_input_is_one_line_after_the_progress_bar(tmp_path, calvin_slice, capfd):
+    """Exit code 2 (as for vpp and oxe), the error on its own line after the finished bar, no encoder banners."""
+    broken = tmp_path / "broken"
+    shutil.copytree(calvin_slice / "training", broken)
+    _truncate(broken / "episode_0000300.npz")
+    args = ["--raw-dir", str(broken), "--repo-id", "local/cli_bad", "--root", str(tmp_path / "ds")]
+    assert main([*args, "--num-workers", "0"]) == 2
+    err = capfd.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert (
+        lines[-1].startswith("error: ") and "episode_0000300.npz is not a readable CALVIN frame" in lines[-1]
+    )
+    assert "1 of 2 episodes written" in lines[-1] and "--skip-bad" in lines[-1]
+    assert "calvin windows:" in lines[-2]  # the bar, finished on its own line
+    assert "Svt[" not in err and "Traceback" not in err and "torchcodec" not in err
+
+
 def test_cli_writes_a_dataset(tmp_path, calvin_slice, capsys):
     assert (
         main(
@@ -343,6 +428,7 @@ def test_defi_training_step_on_the_converted_dataset(windows_dataset):
     )
     batch = torch.utils.data.default_collate([dataset[i] for i in (0, 30, 60)])
     pre, _ = make_defi_pre_post_processors(config, dataset_stats=dataset.meta.stats)
+    assert config.binarize_gripper is True  # decided from the data: CALVIN's gripper action is exactly -1/+1
     torch.manual_seed(0)
     policy = DeFIPolicy(config)
     loss, info = policy.forward(pre(batch))

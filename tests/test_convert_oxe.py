@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from defi_test_utils import TESTS_DIR
+from defi_test_utils import TESTS_DIR, assert_stopped_incomplete, error_line
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot_defi.conversions.cli import main as convert_cli
 from lerobot_defi.conversions.oxe import convert_oxe
@@ -134,7 +134,7 @@ def test_unknown_dataset_name_and_renamed_folder(tmp_path, capsys):
     for shard in renamed.glob("bridge_dataset-*"):
         shard.rename(renamed / shard.name.replace("bridge_dataset", "my_copy"))
     args = ["oxe", "--raw-dir", str(renamed), "--repo-id", "test/renamed", "--root", str(tmp_path / "ds")]
-    assert convert_cli(args) == 1
+    assert convert_cli(args) == 2
     assert "unknown OXE dataset 'my_copy'" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()  # nothing written before the plan is known to work
     assert convert_cli([*args, "--dataset-name", "bridge_dataset", "--max-episodes", "1"]) == 0
@@ -148,7 +148,7 @@ def test_corrupt_record_and_truncated_shard_with_and_without_skip_bad(tmp_path, 
     data[12 + 500] ^= 0x55  # a payload byte of the first record
     first_shard.write_bytes(bytes(data))
     args = ["oxe", "--raw-dir", str(builder_dir), "--repo-id", "test/corrupt", "--root", str(tmp_path / "ds")]
-    assert convert_cli(args) == 1
+    assert convert_cli(args) == 2
     err = capsys.readouterr().err
     assert "00000-of-00002: data CRC mismatch in the record at byte 0" in err and "--skip-bad" in err
     assert convert_cli([*args, "--overwrite", "--skip-bad"]) == 0
@@ -159,10 +159,39 @@ def test_corrupt_record_and_truncated_shard_with_and_without_skip_bad(tmp_path, 
     )
 
     second_shard.write_bytes(second_shard.read_bytes()[:100])
-    assert convert_cli([*args, "--overwrite"]) == 1
+    assert convert_cli([*args, "--overwrite"]) == 2
     assert "00001-of-00002: record at byte 0 claims" in capsys.readouterr().err
     assert convert_cli([*args, "--overwrite", "--skip-bad"]) == 0
     assert "0 episodes" in capsys.readouterr().out
+
+
+def test_flipped_byte_in_record_4_leaves_an_incomplete_dataset_until_rerun(tmp_path, capsys):
+    episodes = [fractal_episode(3, f"task {k}", seed=k) for k in range(5)]
+    builder_dir = write_builder_dir(
+        tmp_path / "raw", "fractal20220817_data", "0.1.0", fractal_features_json(),
+        {"train": [[serialize_example(e) for e in episodes]]},
+    )  # fmt: skip
+    shard = builder_dir / "fractal20220817_data-train.tfrecord-00000-of-00001"
+    original = shard.read_bytes()
+    fourth = index_tfrecord(shard)[3].offset
+    data = bytearray(original)
+    data[fourth + 12 + 200] ^= 0x01  # one payload bit of record 4 (after its 8-byte length and 4-byte CRC)
+    shard.write_bytes(bytes(data))
+    root = tmp_path / "ds"
+    args = ["oxe", "--raw-dir", str(builder_dir), "--repo-id", "test/flip", "--root", str(root)]
+    assert convert_cli(args) == 2
+    err = error_line(capsys.readouterr().err)
+    assert f"data CRC mismatch in the record at byte {fourth}" in err and "3 of 5 episodes written" in err
+    assert_stopped_incomplete("test/flip", root, written=3, planned=5)
+
+    assert convert_cli([*args, "--skip-bad"]) == 0  # the same command with --skip-bad completes it
+    assert (
+        "4 episodes, 12 frames (1 written now, 3 already there, 1 skipped as bad" in capsys.readouterr().out
+    )
+    assert LeRobotDataset("test/flip", root=root).num_episodes == 4
+    shard.write_bytes(original)  # or fix the input: a fresh run writes all five
+    assert convert_cli([*args, "--overwrite"]) == 0
+    assert LeRobotDataset("test/flip", root=root).num_episodes == 5
 
 
 def test_language_table_instruction_codes_become_text(tmp_path):

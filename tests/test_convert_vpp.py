@@ -4,8 +4,9 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import torch
-from defi_test_utils import TESTS_DIR
+from defi_test_utils import TESTS_DIR, assert_stopped_incomplete, error_line
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot_defi.conversions.cli import main as convert_cli
 from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
@@ -76,10 +77,10 @@ def test_bad_annotation_stops_or_is_skipped(tmp_path, capsys):
     data["video_length"] = 80  # the webm has 55 frames
     bad.write_text(json.dumps(data))
     args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/bad", "--root", str(tmp_path / "ds")]
-    assert convert_cli(args) == 1
+    assert convert_cli(args) == 2
     err = capsys.readouterr().err
     assert "1113.webm: the video has 55 frames but the annotation declares 80" in err and "--skip-bad" in err
-    # The episode before the bad one was saved and finalized; a re-run with --skip-bad completes.
+    # The episode before the bad one was saved; the dataset is marked incomplete; a re-run with --skip-bad completes.
     assert convert_cli([*args, "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "1 episodes, 39 frames" in out and "skipped val/1113" in out
@@ -89,6 +90,66 @@ def test_bad_annotation_stops_or_is_skipped(tmp_path, capsys):
         and list(progress["bad"]) == ["val/1113"]
         and progress["finalized"]
     )
+
+
+def _sthv2_with_four_episodes(tmp_path):
+    """sthv2's two samples, each twice (872, 873, 1113, 1114): four annotations, each with its own webm."""
+    raw = tmp_path / "sthv2"
+    shutil.copytree(VPP_SLICE / "sthv2", raw)
+    for source, copy in (("872", "873"), ("1113", "1114")):
+        data = json.loads((raw / "annotation" / "val" / f"{source}.json").read_text())
+        video = raw / data["videos"][0]["video_path"]
+        shutil.copyfile(video, video.with_name(f"{copy}{video.suffix}"))
+        data["videos"][0]["video_path"] = data["videos"][0]["video_path"].replace(source, copy)
+        (raw / "annotation" / "val" / f"{copy}.json").write_text(json.dumps(data))
+    return raw
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_bad_video_after_the_first_leaves_an_incomplete_dataset_until_rerun(tmp_path, capsys, damage):
+    raw = _sthv2_with_four_episodes(tmp_path)
+    video = raw / "videos" / "1113.webm"  # the third annotation's
+    original = video.read_bytes()
+    if damage == "missing":
+        video.unlink()
+    else:
+        video.write_bytes(original[:200])
+    root = tmp_path / "ds"
+    args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/four", "--root", str(root), "--image-size", "32"]
+    assert convert_cli(args) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "1113" in err and "2 of 4 episodes written" in err
+    progress = assert_stopped_incomplete("test/four", root, written=2, planned=4)
+    assert "val/1113" in progress["error"]
+    if damage == "missing":  # fixed input: the same command completes the dataset
+        video.write_bytes(original)
+        assert convert_cli(args) == 0
+        assert "4 episodes, 188 frames (2 written now, 2 already there" in capsys.readouterr().out
+    else:
+        assert convert_cli([*args, "--skip-bad"]) == 0
+        assert (
+            "3 episodes, 133 frames (1 written now, 2 already there, 1 skipped as bad"
+            in capsys.readouterr().out
+        )
+    assert json.loads((root / PROGRESS_FILE).read_text())["finalized"]
+    LeRobotDataset("test/four", root=root)
+
+
+def test_corrupt_video_in_the_first_annotation_is_one_line_or_skipped(tmp_path, capsys):
+    """The schema is planned from the first annotation's video: a corrupt one must not end in a decoder
+    traceback but read like any bad video, and --skip-bad must plan from the next annotation."""
+    raw = tmp_path / "sthv2"
+    shutil.copytree(VPP_SLICE / "sthv2", raw)
+    (raw / "videos" / "872.webm").write_bytes(b"not a video")
+    args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/first", "--root", str(tmp_path / "ds")]
+    assert convert_cli(args) == 2
+    err = error_line(capsys.readouterr().err)
+    assert "872.webm: cannot decode the video" in err and "[source episode val/872]" in err
+    assert "--skip-bad" in err
+    assert not (tmp_path / "ds").exists()  # nothing written
+    assert convert_cli([*args, "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "1 episodes, 55 frames" in out and "skipped val/872: " in out and "cannot decode the video" in out
 
 
 def test_max_episodes_then_resume_appends_the_rest(tmp_path):

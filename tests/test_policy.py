@@ -70,6 +70,77 @@ def test_training_step_shapes_losses_and_gradients():
     )
 
 
+def _seeded_forward(policy, batch, seed, **kwargs):
+    torch.manual_seed(seed)  # the EDM noise levels, the action noise and the GFDM feature noise
+    return policy.forward(batch, **kwargs)
+
+
+def test_forward_reduction_none_gives_one_loss_per_sample():
+    torch.manual_seed(0)
+    policy = DeFIPolicy(tiny_config()).train()
+    batch = tiny_batch(policy.config, batch_size=3)
+    per_sample, info = _seeded_forward(policy, batch, 1, reduction="none")
+    assert per_sample.shape == (3,) and per_sample.std() > 0
+    mean_loss, mean_info = _seeded_forward(policy, batch, 1)
+    torch.testing.assert_close(per_sample.mean(), mean_loss)  # no padding: the mean is the scalar loss
+    for key in ("action_loss", "vq_code_loss", "vq_commitment_loss"):
+        assert info[key] == pytest.approx(mean_info[key], rel=1e-5)
+    # A sample's loss depends on its own data only, and padded chunk steps count for nothing.
+    changed = {**batch, "action": batch["action"].clone(), "action_is_pad": batch["action_is_pad"].clone()}
+    changed["action"][0] += 0.5
+    changed["action_is_pad"][2, 6:] = True
+    changed_losses, _ = _seeded_forward(policy, changed, 1, reduction="none")
+    assert changed_losses[0] != per_sample[0]
+    torch.testing.assert_close(changed_losses[1], per_sample[1])
+    changed["action"][2, 6:] = 9.0
+    torch.testing.assert_close(_seeded_forward(policy, changed, 1, reduction="none")[0][2], changed_losses[2])
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none'"):
+        policy.forward(batch, reduction="sum")
+
+
+def test_lerobot_train_sample_weighting_reaches_the_loss():
+    """lerobot-train's update_policy with a sample weighter calls forward(batch, reduction="none") and weights
+    the per-sample losses: weight only sample 1 and the step's loss and gradient are sample 1's alone."""
+    from accelerate import Accelerator
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
+    from lerobot.utils.sample_weighting import SampleWeighter
+
+    class OnlySample(SampleWeighter):
+        def __init__(self, index: int):
+            self.index = index
+
+        def compute_batch_weights(self, batch):
+            weights = torch.zeros(len(batch["task"]))
+            weights[self.index] = 1.0
+            return weights, {"mean": weights.mean().item()}
+
+        def get_stats(self):
+            return {}
+
+    torch.manual_seed(0)
+    policy = DeFIPolicy(tiny_config()).train()
+    batch = tiny_batch(policy.config, batch_size=3)
+    per_sample, _ = _seeded_forward(policy, batch, 1, reduction="none")
+    per_sample[1].backward()
+    expected_grad_norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in policy.get_optim_params() if p.grad is not None])
+    )
+    policy.zero_grad()
+
+    metrics = {name: AverageMeter(name, ":.3f") for name in ("loss", "grad_norm", "lr", "update_s")}
+    tracker = MetricsTracker(batch_size=3, num_frames=30, num_episodes=1, metrics=metrics)
+    optimizer = torch.optim.SGD(policy.get_optim_params(), lr=0.0)
+    torch.manual_seed(1)
+    tracker, output = update_policy(
+        tracker, policy, batch, optimizer, 0.0, Accelerator(cpu=True), sample_weighter=OnlySample(1)
+    )
+    assert tracker.loss.val == pytest.approx(per_sample[1].item(), rel=1e-5)
+    assert tracker.loss.val != pytest.approx(per_sample.mean().item(), rel=1e-3)
+    assert tracker.grad_norm.val == pytest.approx(expected_grad_norm.item(), rel=1e-4)
+    assert output["sample_weight_mean"] == pytest.approx(1 / 3)
+
+
 def test_gidm_camera_and_frames_are_configurable():
     torch.manual_seed(0)
     config = tiny_config(
@@ -152,7 +223,7 @@ def test_bad_input_names_what_is_missing():
     with pytest.raises(ValueError, match=r"gidm_camera names camera\(s\) \['observation.images.left'\]"):
         DeFIPolicy(tiny_config(gidm_camera="observation.images.left"))
     with pytest.raises(ValueError, match="gripper_action_index"):
-        DeFIPolicy(tiny_config(action_dim=1, gripper_action_index=3))
+        DeFIPolicy(tiny_config(action_dim=1, gripper_action_index=3, binarize_gripper=True))
     policy = DeFIPolicy(tiny_config())
     batch = tiny_batch(policy.config)
     del batch["task"]
@@ -196,7 +267,7 @@ def test_images_are_resized_as_uint8_images_like_the_original():
 
 
 def test_processors_resize_to_minus_one_one_and_binarize_gripper(tmp_path):
-    config = tiny_config()
+    config = tiny_config(binarize_gripper=True)
     stats = {
         "action": {
             "min": torch.full((7,), -2.0),
@@ -232,3 +303,68 @@ def test_processors_resize_to_minus_one_one_and_binarize_gripper(tmp_path):
     )  # min-max [-2, 2]
     assert action[0, 6].item() == 1.0
     assert post(torch.tensor([[0.0] * 6 + [-0.3]]))[0, 6].item() == -1.0
+
+
+def _action_stats(last_channel: list[float]) -> dict:
+    """LeRobot-style action statistics of a dataset: 6 continuous channels in [-1, 1] and the given last one."""
+    values = torch.cat(
+        [
+            torch.linspace(-1, 1, len(last_channel))[:, None].expand(-1, 6),
+            torch.tensor(last_channel)[:, None],
+        ],
+        1,
+    )
+    stats = {
+        "min": values.min(0).values,
+        "max": values.max(0).values,
+        "mean": values.mean(0),
+        "std": values.std(0, correction=0),
+    }
+    return {"action": {k: v.numpy() for k, v in stats.items()}}
+
+
+@pytest.mark.parametrize(
+    ("last_channel", "expected"),
+    [
+        ([-1.0, 1.0, 1.0, -1.0, 1.0], True),  # CALVIN-like: exactly -1 / +1
+        (
+            [-1.0, -0.2, 0.4, 1.0, 1.0],
+            False,
+        ),  # a continuous gripper position (SO-100/101) reaching its limits
+        ([0.0, 1.0, 1.0, 0.0, 1.0], False),  # 0/1 gripper: binarising by sign would send -1
+        ([1.0, 1.0, 1.0], False),  # constant: nothing tells it is a gripper
+    ],
+)
+def test_binarize_gripper_default_is_decided_from_the_training_data(tmp_path, last_channel, expected):
+    """The generic default is safe: the gripper is binarised only when the dataset's channel is -1/+1, and the
+    decision is saved with the policy (lerobot-train makes the processors with the dataset's stats)."""
+    assert DeFIConfig().binarize_gripper is None
+    config = tiny_config()
+    _, post = make_defi_pre_post_processors(config, dataset_stats=_action_stats(last_channel))
+    assert config.binarize_gripper is expected
+    steps = [type(step).__name__ for step in post.steps]
+    assert ("BinarizeGripperProcessorStep" in steps) is expected
+    DeFIPolicy(config).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["binarize_gripper"] is expected
+
+
+def test_binarize_gripper_without_data_is_off_and_explicit_settings_win():
+    hand = tiny_config(action_dim=19)  # a robot hand: the last channel is a finger joint
+    _, post = make_defi_pre_post_processors(hand)
+    assert hand.binarize_gripper is None and all(
+        type(step).__name__ != "BinarizeGripperProcessorStep" for step in post.steps
+    )
+    assert post(torch.full((1, 19), 0.3))[0, -1].item() == pytest.approx(0.3)
+    forced = tiny_config(binarize_gripper=False)
+    make_defi_pre_post_processors(forced, dataset_stats=_action_stats([-1.0, 1.0, -1.0]))
+    assert forced.binarize_gripper is False
+    assert DeFIConfig.__dataclass_fields__["binarize_gripper"].default is None
+
+
+def test_calvin_recipe_and_authors_weights_keep_binarizing():
+    from lerobot_defi.official_import import official_calvin_config
+    from lerobot_defi.policy.configuration_defi import load_preset
+
+    assert load_preset("calvin").binarize_gripper is True
+    assert official_calvin_config().binarize_gripper is True
+    assert official_calvin_config(binarize_gripper=False).binarize_gripper is False

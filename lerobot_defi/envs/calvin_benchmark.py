@@ -44,13 +44,21 @@ from lerobot_defi.envs.calvin_sequences import STANDARD_SEQUENCES_FILE, SUBTASKS
 from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
     DEFAULT_SCENE,
+    CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
+    calvin_env_package_dir,
+    check_dataset_dir,
 )
 from lerobot_defi.envs.calvin_video import SequenceVideoWriter
 from lerobot_defi.envs.configuration_calvin import CalvinEnvConfig, PolicyEnvMismatchError
 
 logger = logging.getLogger(__name__)
+
+
+class ResumeMismatchError(ValueError):
+    """``--resume`` on a run made with other settings (the message lists them)."""
+
 
 RESULTS_FILE = "results.json"
 SEQUENCES_FILE = "sequences.jsonl"
@@ -95,7 +103,10 @@ class CalvinBenchmarkConfig:
     simulator_factory: str | None = None
     # Env key -> policy key, as lerobot-eval's --rename_map.
     rename_map: dict[str, str] = field(default_factory=dict)
-    # Torch/numpy seed before sequence i is seed + i (sampling policies give the same result in any worker).
+    # Torch/numpy seed before sequence i is seed + i, so the policy's random draws do not depend on the worker.
+    # The simulator's state does: calvin_env's reset keeps the last gripper command (robot_obs[14]), so a
+    # sequence starts from what the sequence before it in its worker left. One worker plays them in order, as
+    # CALVIN's own loop does; N workers give each sequence another predecessor.
     seed: int = 0
 
     def __post_init__(self):
@@ -333,7 +344,10 @@ def _prepare_output_dir(cfg: CalvinBenchmarkConfig) -> dict[int, SequenceResult]
         changed = {k: (previous.get(k), protocol[k]) for k in PROTOCOL_KEYS if previous.get(k) != protocol[k]}
         if changed:
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"cannot resume {output_dir}: the evaluation settings differ ({details})")
+            raise ResumeMismatchError(
+                f"cannot resume {output_dir}: the evaluation settings differ ({details}); resume with the run's own "
+                f"settings (see {run_config_path}) or choose another --output-dir"
+            )
     elif cfg.resume:
         logger.warning(f"--resume: {run_config_path} not found, starting a new evaluation")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -363,8 +377,11 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
         )
     env_cfg = cfg.env_config()
     env_cfg.validate_policy_features(cfg.policy, cfg.rename_map)  # before any simulator starts
-    if cfg.simulator_factory is None and not calvin_env_available():
-        raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+    if cfg.simulator_factory is None:
+        if not calvin_env_available():
+            raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+        calvin_env_package_dir()  # refuses a calvin_env folder that shadows the package
+    check_dataset_dir(cfg.dataset_dir, "--dataset-dir")
     probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
     if cfg.num_sequences > len(probe.sequences):
         raise ValueError(
@@ -440,7 +457,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [sys.argv[0], *normalize_option_names(sys.argv[1:] if argv is None else argv)]
     try:
         _main()
-    except (CalvinEnvNotInstalledError, PolicyEnvMismatchError, FileExistsError) as error:
+    except (
+        CalvinEnvNotInstalledError,
+        CalvinDatasetDirError,
+        PolicyEnvMismatchError,
+        ResumeMismatchError,
+        FileExistsError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +28,14 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CALVIN_ENV_INSTALL_HINT = """\
-CALVIN's simulator `calvin_env` is not installed. It is not on PyPI; install it from its repository:
-    pip install "lerobot_policy_defi[calvin]"        # pybullet, hydra-core, hydra-colorlog, numpy-quaternion, gitpython, gym
-    git clone --recursive https://github.com/mees/calvin_env.git
-    pip install --no-deps -e ./calvin_env
+CALVIN's simulator `calvin_env` is not installed. It is not on PyPI; install it from its repository, cloned
+OUTSIDE the project folder (a clone inside it shadows the installed package), with the venv's own pip:
+    .venv/bin/pip install -e ".[calvin]"      # pybullet (compiles: needs a C++ compiler and Python headers), hydra-core, ...
+    git clone https://github.com/mees/calvin_env.git ../calvin_env
+    .venv/bin/pip install --no-deps -e ../calvin_env
+    .venv/bin/python -m lerobot_defi.envs.calvin_simulator     # builds the simulator once: the check
 Keep the clone a git repository (calvin_env reads its own commit hash at start-up).
-See the README of lerobot_policy_defi ("CALVIN in lerobot-eval") for details."""
+See the README of lerobot_policy_defi ("Install the simulator") for details."""
 
 RENDERERS = ("auto", "egl", "tiny")
 DEFAULT_SCENE = "calvin_scene_D"
@@ -45,6 +48,45 @@ MAX_PYBULLET_CLIENTS = 1024  # pybullet's MAX_PHYSICS_CLIENTS
 
 class CalvinEnvNotInstalledError(ImportError):
     """``calvin_env`` (or one of its dependencies) is missing; the message says how to install it."""
+
+
+class CalvinDatasetDirError(FileNotFoundError):
+    """A ``dataset_dir`` that is not a CALVIN validation split folder; the message names the option."""
+
+
+def print_if_uncaught(error: BaseException) -> BaseException:
+    """``error``, arranged so that if nothing catches it (it reaches the top of a command such as ``lerobot-eval``,
+    which lets exceptions through), Python prints ``error: <message>`` instead of a traceback. Callers that catch
+    it see an ordinary exception."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if value is error:
+            print(f"error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = hook
+    return error
+
+
+def check_dataset_dir(dataset_dir: str | Path | None, option: str) -> None:
+    """Raise ``CalvinDatasetDirError`` (naming ``option`` as the command spells it, e.g. ``--env.dataset_dir``)
+    unless ``dataset_dir`` is None or a CALVIN split folder with the simulator config and the instructions."""
+    from lerobot_defi.envs.calvin_instructions import EMBEDDINGS_FILE
+
+    if dataset_dir is None:
+        return
+    path = Path(dataset_dir)
+    expected = (
+        f"a CALVIN validation split folder (e.g. task_ABC_D/validation) holding {MERGED_CONFIG} and "
+        f"{EMBEDDINGS_FILE}"
+    )
+    if not path.is_dir():
+        raise CalvinDatasetDirError(f"{option}={dataset_dir}: no such folder; expected {expected}")
+    missing = [str(name) for name in (MERGED_CONFIG, EMBEDDINGS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise CalvinDatasetDirError(f"{option}={dataset_dir} lacks {', '.join(missing)}; expected {expected}")
 
 
 class CalvinSimulator(Protocol):
@@ -70,8 +112,19 @@ def calvin_env_available() -> bool:
         return False
 
 
+def _namespace_error(locations: list[str]) -> CalvinEnvNotInstalledError:
+    return CalvinEnvNotInstalledError(
+        f"`import calvin_env` finds the folder {locations[0] if locations else '?'}, not the calvin_env package: "
+        "a folder named calvin_env without __init__.py is on Python's import path (an empty namespace package). "
+        "Usually it is a clone of calvin_env in the current directory, which Python searches first and which "
+        "shadows the installed package. Clone calvin_env outside the project folder (e.g. ../calvin_env), install "
+        "it with `.venv/bin/pip install --no-deps -e ../calvin_env`, and remove or move the inner clone."
+    )
+
+
 def require_calvin_env():
-    """Import and return ``calvin_env``, or raise ``CalvinEnvNotInstalledError`` with the install hint."""
+    """Import and return ``calvin_env``, or raise ``CalvinEnvNotInstalledError`` with the install hint (also when
+    ``calvin_env`` resolves to an empty namespace package, e.g. a clone in the working directory)."""
     try:
         with warnings.catch_warnings():  # gym 0.26 and hydra warn about their own deprecations at import
             warnings.simplefilter("ignore")
@@ -81,16 +134,32 @@ def require_calvin_env():
             import pybullet  # noqa: F401
     except ImportError as error:
         raise CalvinEnvNotInstalledError(f"{CALVIN_ENV_INSTALL_HINT}\n(import failed: {error})") from None
+    if getattr(calvin_env, "__file__", None) is None:
+        raise _namespace_error(list(getattr(calvin_env, "__path__", [])))
     return calvin_env
+
+
+def calvin_env_package_dir() -> Path:
+    """The folder of the ``calvin_env`` package that ``import calvin_env`` loads, found without importing it
+    (``importlib.util.find_spec``); a namespace package (no ``__init__.py``) is refused with what to do."""
+    try:
+        spec = importlib.util.find_spec("calvin_env")
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules has no spec
+        spec = None
+    if spec is None:
+        raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+    if spec.origin in (None, "namespace"):
+        raise _namespace_error([str(p) for p in spec.submodule_search_locations or []])
+    return Path(spec.origin).resolve().parent
 
 
 def calvin_env_root() -> Path:
     """The calvin_env checkout (it holds ``conf/`` and ``data/`` next to the package)."""
-    root = Path(require_calvin_env().__file__).resolve().parents[1]
+    root = calvin_env_package_dir().parent
     if not (root / "conf").is_dir():
         raise FileNotFoundError(
             f"calvin_env is installed from {root}, which has no conf/ folder: install calvin_env editable "
-            "from a clone of its repository (pip install --no-deps -e ./calvin_env)"
+            "from a clone of its repository (.venv/bin/pip install --no-deps -e ../calvin_env)"
         )
     return root
 
@@ -157,8 +226,8 @@ def compose_env_config(scene: str = DEFAULT_SCENE, dataset_dir: str | Path | Non
     if dataset_dir is not None:
         path = Path(dataset_dir) / MERGED_CONFIG
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: --dataset_dir must be a CALVIN split folder (e.g. task_ABC_D/validation) "
+            raise CalvinDatasetDirError(
+                f"{path} not found: dataset_dir must be a CALVIN split folder (e.g. task_ABC_D/validation) "
                 f"holding {MERGED_CONFIG}"
             )
         config = OmegaConf.load(path)
@@ -261,3 +330,23 @@ def load_simulator_factory(path: str | None) -> SimulatorFactory:
     if not callable(factory):
         raise ValueError(f"simulator_factory {path!r}: {module_name} has no callable {attribute!r}")
     return factory
+
+
+def check_installation(renderer: str = "auto") -> str:
+    """Build and reset the simulator once, as the evaluation does; return one line saying what was used."""
+    root = calvin_env_root()
+    simulator, oracle = build_calvin_simulator(renderer=renderer)
+    try:
+        observation = simulator.reset()
+        cameras = {name: tuple(image.shape) for name, image in observation["rgb_obs"].items()}
+        info = simulator.get_info()
+        oracle.get_task_info_for_set(info, info, {"open_drawer"})  # the task oracle reads the scene
+    finally:
+        simulator.close()
+        if getattr(simulator, "cid", None) is not None:
+            simulator.cid = -1  # calvin_env's __del__ would disconnect a second time
+    drawn_by = "EGL" if use_egl_for(renderer) else "TinyRenderer"
+    return (
+        f"calvin_env works: {root} (package {calvin_env_package_dir()}); simulator and task oracle built, "
+        f"rendered with {drawn_by}, cameras {cameras}"
+    )

@@ -42,8 +42,12 @@ from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
     DEFAULT_SCENE,
     RENDERERS,
+    CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
+    calvin_env_package_dir,
+    check_dataset_dir,
+    print_if_uncaught,
     use_egl_for,
 )
 from lerobot_defi.envs.calvin_task_starts import TASK_PRECONDITIONS
@@ -172,11 +176,12 @@ class CalvinEnvConfig(EnvConfig):
         """
         rename_map = rename_map or {}
         provided = {rename_map.get(key, key): ft for key, ft in self.provided_policy_features().items()}
-        problems = []
+        problems, unserved = [], []
         for key, feature in (policy_cfg.input_features or {}).items():
             served = provided.get(key)
             if served is None:
                 problems.append(f"{key} {tuple(feature.shape)} is not served by the CALVIN env")
+                unserved.append(key)
             elif feature.type is FeatureType.VISUAL and tuple(feature.shape)[:1] != (3,):
                 problems.append(
                     f"{key} expects {tuple(feature.shape)}; CALVIN cameras are RGB {served.shape}"
@@ -186,26 +191,45 @@ class CalvinEnvConfig(EnvConfig):
         action = (policy_cfg.output_features or {}).get(ACTION)
         if action is not None and tuple(action.shape) != (ACTION_DIM,):
             problems.append(
-                f"{ACTION} is {tuple(action.shape)}; CALVIN takes ({ACTION_DIM},) relative actions"
+                f"{ACTION} is {tuple(action.shape)}; CALVIN takes ({ACTION_DIM},) relative actions [dx, dy, dz, "
+                "droll, dpitch, dyaw, gripper]: this policy was trained for another robot's action space, which no "
+                "renaming changes; evaluate a policy trained on CALVIN data (lerobot-defi-convert calvin)"
             )
         if problems:
             served = ", ".join(f"{k} {tuple(f.shape)}" for k, f in provided.items())
             source = getattr(policy_cfg, "pretrained_path", None) or "the policy config"
-            raise PolicyEnvMismatchError(
+            message = (
                 f"The {getattr(policy_cfg, 'type', '?')} policy from {source} does not fit the CALVIN env:\n  - "
                 + "\n  - ".join(problems)
                 + f"\nCALVIN serves: {served}."
-                + "\nRename env keys to the policy's with --rename_map='{\"observation.images.static\": "
-                '"observation.images.<your camera>"}\' if only the names differ.'
             )
+            if unserved:  # only names can be mapped: the hint helps when the policy calls an input otherwise
+                cameras = [k for k in unserved if policy_cfg.input_features[k].type is FeatureType.VISUAL]
+                example = (
+                    f'"{STATIC_CAMERA_KEY}": "{cameras[0]}"' if cameras else '"<CALVIN key>": "<policy key>"'
+                )
+                message += (
+                    "\nIf only the names differ, map CALVIN's keys to the policy's with "
+                    f"--rename_map='{{{example}}}'"
+                )
+            raise PolicyEnvMismatchError(message)
 
     def create_envs(
         self, n_envs: int, use_async_envs: bool = False
     ) -> dict[str, dict[int, gym.vector.VectorEnv]]:
         """One vector env of ``n_envs`` CALVIN envs; sub-env i plays sequences i, i + n, ... (offset).
-        Task-level mode: one such vector env per task, ``{"calvin_tasks": {task: vector env}}``."""
-        if self.simulator_factory is None and not calvin_env_available():
-            raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+        Task-level mode: one such vector env per task, ``{"calvin_tasks": {task: vector env}}``.
+
+        Setup errors (calvin_env missing, a bad ``--env.dataset_dir``) print as one ``error:`` message, not a
+        traceback, when they reach the top of ``lerobot-eval``."""
+        try:
+            if self.simulator_factory is None:
+                if not calvin_env_available():
+                    raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
+                calvin_env_package_dir()  # refuses a calvin_env folder that shadows the package
+            check_dataset_dir(self.dataset_dir, "--env.dataset_dir")
+        except (CalvinEnvNotInstalledError, CalvinDatasetDirError) as error:
+            raise print_if_uncaught(error) from None
         if self.tasks is not None:
             return {
                 "calvin_tasks": {

@@ -211,10 +211,14 @@ class ActionHead(nn.Module):
         context: Tensor,
         action_is_pad: Tensor | None = None,
         generator: torch.Generator | None = None,
+        reduction: str = "mean",
     ) -> Tensor:
         """EDM loss on a clean chunk ``actions (B, T, A)``: ``mean((F(c_in x, s) - (a - c_skip x)/c_out)^2)``
         with ``s`` from the truncated log-logistic density; padded steps (``action_is_pad (B, T)``) are
-        excluded from the mean."""
+        excluded from the mean. ``reduction="mean"``: one scalar over every valid step of the batch;
+        ``"none"``: ``(B,)``, each sample's mean over its own valid steps (0 for a sample with none)."""
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         cfg = self.cfg
         sigma = sample_log_logistic_sigmas(
             actions.shape[0],
@@ -232,8 +236,10 @@ class ActionHead(nn.Module):
         target = edm_training_target(actions, noisy, sigma, cfg.sigma_data)
         error = (output.float() - target.float()) ** 2
         if action_is_pad is None:
-            return error.mean()
+            return error.mean() if reduction == "mean" else error.flatten(1).mean(1)
         valid = (~action_is_pad).to(error.dtype)[..., None].expand_as(error)
+        if reduction == "none":
+            return (error * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
         return (error * valid).sum() / valid.sum().clamp_min(1.0)
 
     def inference_sigmas(self, device=None) -> Tensor:

@@ -118,7 +118,8 @@ class VectorQuantizer(nn.Module):
     """Nearest-code quantiser with a straight-through gradient and per-code usage counts.
 
     ``z (B, K, latent_dim)`` -> ``z_q`` (same shape), ``indices (B, K)``, ``code_loss`` = mse(sg(z), e),
-    ``commitment_loss`` = mse(z, sg(e)).
+    ``commitment_loss`` = mse(z, sg(e)): scalars over the batch, or with ``reduction="none"`` ``(B,)``, each
+    sample's mean over its own ``K x latent_dim`` values (their mean is the scalar).
     """
 
     def __init__(self, codebook_size: int, latent_dim: int):
@@ -127,7 +128,9 @@ class VectorQuantizer(nn.Module):
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
         self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, z: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         codebook = self.codebook.weight
         flat = z.reshape(-1, z.shape[-1])
         distances = (
@@ -137,8 +140,12 @@ class VectorQuantizer(nn.Module):
         quantized = self.codebook(indices).view_as(z)
         if self.training:
             self.usage += torch.bincount(indices, minlength=codebook.shape[0])
-        code_loss = F.mse_loss(quantized, z.detach())
-        commitment_loss = F.mse_loss(z, quantized.detach())
+        if reduction == "none":
+            code_loss = F.mse_loss(quantized, z.detach(), reduction="none").flatten(1).mean(1)
+            commitment_loss = F.mse_loss(z, quantized.detach(), reduction="none").flatten(1).mean(1)
+        else:
+            code_loss = F.mse_loss(quantized, z.detach())
+            commitment_loss = F.mse_loss(z, quantized.detach())
         quantized = z + (quantized - z).detach()
         return quantized, indices.view(z.shape[:-1]), code_loss, commitment_loss
 
@@ -192,9 +199,12 @@ class LatentActionEncoder(nn.Module):
             persistent=False,
         )
 
-    def forward(self, frames: Tensor, text: Tensor, text_mask: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, frames: Tensor, text: Tensor, text_mask: Tensor, loss_reduction: str = "mean"
+    ) -> dict[str, Tensor]:
         """Returns ``latent_action_tokens (B, K, D)``, ``quantized (B, K, latent_dim)``, ``indices (B, K)``,
-        ``code_loss``, ``commitment_loss`` and ``text_tokens (B, L, D)`` (reused by the decoder)."""
+        ``code_loss``, ``commitment_loss`` (scalars, or ``(B,)`` with ``loss_reduction="none"``; see
+        :class:`VectorQuantizer`) and ``text_tokens (B, L, D)`` (reused by the decoder)."""
         b, t, n, d = frames.shape
         if n != self.cfg.num_patches or d != self.cfg.model_dim:
             raise ValueError(
@@ -210,7 +220,7 @@ class LatentActionEncoder(nn.Module):
             x = block(x, mask)
         # The last frame's query slots have seen every earlier frame through the causal temporal attention.
         z = self.to_codebook(x[:, -1, : self.cfg.num_latent_tokens])
-        quantized, indices, code_loss, commitment_loss = self.quantizer(z)
+        quantized, indices, code_loss, commitment_loss = self.quantizer(z, reduction=loss_reduction)
         return {
             "latent_action_tokens": self.action_up(quantized),
             "quantized": quantized,

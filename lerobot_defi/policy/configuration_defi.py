@@ -11,8 +11,10 @@ Pretrained parts have two ways in: a Hub id or folder (``gfdm_path``, ``clip_tex
 rebuilds offline from its own ``config.json`` + ``model.safetensors``.
 """
 
+import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig
 from lerobot.utils.constants import ACTION
@@ -23,6 +25,8 @@ from lerobot_defi.models.video_former import VideoFormerConfig
 from lerobot_defi.policy.tristage_schedule import TriStageSchedulerConfig
 
 FROZEN_DTYPES = ("float32", "float16", "bfloat16")
+
+logger = logging.getLogger(__name__)
 
 
 @PreTrainedConfig.register_subclass("defi")
@@ -54,8 +58,11 @@ class DeFIConfig(PreTrainedConfig):
             "ACTION": NormalizationMode.MIN_MAX,
         }
     )
-    # The gripper channel is regressed continuously and binarised by sign on the way out (spec 8 item 24).
-    binarize_gripper: bool = True
+    # Binarise action[gripper_action_index] by sign to exactly -1/+1 on the way out, as the official CALVIN
+    # rollout does (spec 8 item 24; the CALVIN preset sets true). None (default): decided from the training data
+    # when the processors are made: on only if that channel is exactly -1/+1 in the dataset (a binary gripper),
+    # off for continuous grippers and joints (SO-100/101, hands); the decision is saved in config.json.
+    binarize_gripper: bool | None = None
     gripper_action_index: int = -1
 
     # --- GFDM: the frozen forward-dynamics video model ------------------------------------------------------
@@ -194,6 +201,24 @@ class DeFIConfig(PreTrainedConfig):
         if self.gidm_camera_key not in self.cameras:
             raise ValueError(f"gidm_camera {self.gidm_camera_key!r} is not among camera_keys {self.cameras}")
 
+    def decide_binarize_gripper(self, dataset_stats: dict | None) -> bool:
+        """``binarize_gripper``, deciding it from the training data's statistics when it is None (the default):
+        True only if ``action[gripper_action_index]`` is a binary -1/+1 channel. The decision is recorded in the
+        config (saved with the policy); without statistics nothing is decided and the answer is False."""
+        if self.binarize_gripper is not None:
+            return self.binarize_gripper
+        action_stats = (dataset_stats or {}).get(ACTION)
+        if action_stats is None:
+            return False
+        self.binarize_gripper = action_channel_is_binary(action_stats, self.gripper_action_index)
+        logger.info(
+            "binarize_gripper=%s: action[%d] of the training data %s (set --policy.binarize_gripper to override)",
+            str(self.binarize_gripper).lower(),
+            self.gripper_action_index,
+            "is exactly -1/+1 (a binary gripper)" if self.binarize_gripper else "is not a -1/+1 channel",
+        )
+        return self.binarize_gripper
+
     @property
     def observation_delta_indices(self) -> None:
         return None
@@ -217,6 +242,19 @@ class DeFIConfig(PreTrainedConfig):
 
     def get_scheduler_preset(self) -> TriStageSchedulerConfig | None:
         return TriStageSchedulerConfig() if self.lr_schedule == "tristage" else None
+
+
+def action_channel_is_binary(action_stats: dict, index: int, tolerance: float = 1e-4) -> bool:
+    """Whether action channel ``index`` holds only -1 and +1, from LeRobot statistics (``min``, ``max``, ``mean``,
+    ``std``): min -1, max +1 and variance 1 - mean^2, which values in [-1, 1] reach only when all are -1 or +1."""
+    try:
+        low, high, mean, std = (
+            float(np.asarray(action_stats[k], dtype=np.float64).reshape(-1)[index])
+            for k in ("min", "max", "mean", "std")
+        )
+    except (KeyError, IndexError, TypeError, ValueError):
+        return False
+    return low == -1.0 and high == 1.0 and std**2 >= 1.0 - mean**2 - tolerance
 
 
 def load_preset(name_or_path: str, **overrides) -> DeFIConfig:

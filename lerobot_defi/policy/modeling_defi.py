@@ -349,8 +349,10 @@ class DeFIPolicy(PreTrainedPolicy):
         clip_pooled: Tensor,
         t5_hidden: Tensor,
         t5_mask: Tensor,
+        vq_reduction: str = "mean",
     ) -> dict[str, Tensor]:
-        """Tensor-only part of :meth:`encode_observation` (images of all GFDM cameras stacked on the batch)."""
+        """Tensor-only part of :meth:`encode_observation` (images of all GFDM cameras stacked on the batch);
+        ``vq_reduction="none"`` gives the VQ losses per sample ``(B,)``."""
         cfg = self.config
         cameras = cfg.gfdm_camera_keys
         context = text_context_from_clip(clip_hidden, self.gfdm.cross_attention_dim)
@@ -362,7 +364,7 @@ class DeFIPolicy(PreTrainedPolicy):
         camera_tokens = tokens[cameras.index(cfg.gidm_camera_key)]
         frames = torch.stack([camera_tokens[:, i] for i in cfg.gidm_frame_indices], dim=1)
         gidm_in = self.gidm_feature_proj(frames) + self.gidm_frame_embedding
-        gidm = self.gidm(gidm_in, t5_hidden, t5_mask)
+        gidm = self.gidm(gidm_in, t5_hidden, t5_mask, loss_reduction=vq_reduction)
         action_context = self.action_head.encode_context(
             clip_pooled[:, None], video_tokens, gidm["latent_action_tokens"]
         )
@@ -374,11 +376,23 @@ class DeFIPolicy(PreTrainedPolicy):
         }
 
     def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
-        """Training loss ``L_action + L_code + commitment_weight * L_commit`` and its parts."""
+        """Training loss ``L_action + L_code + commitment_weight * L_commit`` and its parts (batch means).
+
+        ``reduction="mean"``: the scalar loss. ``reduction="none"`` (what ``lerobot-train`` asks for when sample
+        weighting is on): one loss per sample, shape ``(B,)``: the sample's EDM action loss over its own valid
+        (not padded) chunk steps, plus its own VQ terms: the code and commitment losses are means over the
+        ``K x latent_dim`` values of that sample's latent-action tokens (each sample quantises its own tokens,
+        so the terms split exactly; their batch mean is the scalar VQ loss). Without padding the mean of the
+        per-sample losses is the scalar loss.
+        """
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if ACTION not in batch:
             raise KeyError(f"DeFI training needs '{ACTION}' in the batch; got keys {sorted(batch)}")
-        encoded = self.encode_observation(batch)
-        action_loss = self.action_head.loss(batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"))
+        encoded = self._encode(*self._tensor_inputs(batch), vq_reduction=reduction)
+        action_loss = self.action_head.loss(
+            batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"), reduction=reduction
+        )
         commitment_weight = self.config.gidm.commitment_weight
         loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
         counts = torch.bincount(
@@ -387,9 +401,9 @@ class DeFIPolicy(PreTrainedPolicy):
         probabilities = counts / counts.sum()
         perplexity = torch.exp(-(probabilities * probabilities.clamp_min(1e-10).log()).sum())
         return loss, {
-            "action_loss": action_loss.item(),
-            "vq_code_loss": encoded["code_loss"].item(),
-            "vq_commitment_loss": encoded["commitment_loss"].item(),
+            "action_loss": action_loss.mean().item(),
+            "vq_code_loss": encoded["code_loss"].mean().item(),
+            "vq_commitment_loss": encoded["commitment_loss"].mean().item(),
             "codebook_usage": (counts > 0).float().mean().item(),
             "codebook_perplexity": perplexity.item(),
         }

@@ -98,7 +98,7 @@ def make_defi_pre_post_processors(
     steps = make_default_policy_processor_steps(config, dataset_stats)
     images = DeFIImageProcessorStep(image_keys=config.cameras, size=config.image_size)
     output_steps = [steps.unnormalize]
-    if config.binarize_gripper:
+    if config.decide_binarize_gripper(dataset_stats):
         output_steps.append(BinarizeGripperProcessorStep(gripper_index=config.gripper_action_index))
     output_steps.append(steps.to_cpu)
     return make_policy_processor_pipelines(

@@ -1,0 +1,63 @@
+"""``python -m lerobot_defi.envs.check_calvin_install``: the README's check of the CALVIN simulator install.
+
+It builds the simulator exactly as the evaluation does (finding ``calvin_env`` the way the evaluation does, from
+the current directory: run it from the project folder), resets it and asks the task oracle once, then prints one
+line. PyBullet's and calvin_env's own start-up chatter is kept out of the way and shown only if the check fails.
+"""
+
+import argparse
+import contextlib
+import gc
+import os
+import sys
+import tempfile
+
+from lerobot_defi.envs.calvin_simulator import RENDERERS, CalvinEnvNotInstalledError, check_installation
+
+
+@contextlib.contextmanager
+def _output_captured():
+    """Send what C libraries and Python print to fds 1 and 2 into a temporary file; yields that file."""
+    with tempfile.TemporaryFile() as sink:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lerobot_defi.envs.check_calvin_install",
+        description="Check the CALVIN simulator install: build it once, reset it, ask the task oracle.",
+    )
+    parser.add_argument("--renderer", choices=RENDERERS, default="auto")
+    args = parser.parse_args(argv)
+    with _output_captured() as output:
+        try:
+            line, error = check_installation(args.renderer), None
+        except (CalvinEnvNotInstalledError, FileNotFoundError, RuntimeError) as caught:
+            line, error = None, caught
+        gc.collect()  # the simulator's __del__ prints too
+        output.seek(0)
+        chatter = output.read().decode(errors="replace")
+    if error is not None:
+        if not isinstance(error, CalvinEnvNotInstalledError) and chatter.strip():
+            print(chatter.rstrip(), file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
