@@ -216,7 +216,7 @@ class Benchmark:
             "--repo_id=local/calvin_expert", f"--root={self.dataset_root}",
             f"--tasks=[{','.join(c.tasks)}]", f"--episodes_per_task={c.episodes_per_task}",
             f"--num_workers={c.record_workers}", f"--renderer={c.renderer}", f"--camera_size={c.camera_size}",
-            "--use_videos=false", f"--perturbation.probability={c.perturbation_probability}",
+            f"--perturbation.probability={c.perturbation_probability}",
             f"--seed={c.record_seed}",
         ]  # fmt: skip
 
@@ -317,7 +317,7 @@ class Benchmark:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
         (self.out / "benchmark_config.json").write_text(json.dumps(asdict(self.config), indent=1))
-        if self.config.dataset_root is None or "defi" in "".join(self.config.policies):
+        if any(policy.startswith("defi") for policy in self.config.policies):
             self._stage_in_process("components", self._write_components)
         limits = {
             "record": 1,
@@ -363,7 +363,9 @@ class Benchmark:
                 log = open(self.out / "logs" / f"{job.name}.log", "a")  # noqa: SIM115 (closed with the process)
                 log.write(f"\n$ {shlex.join(job.command)}\n")
                 log.flush()
-                env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+                # One math thread per process unless set: the jobs and their data-loader workers share the cores.
+                env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ}
+                env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
                 process = subprocess.Popen(
                     job.command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.out
                 )

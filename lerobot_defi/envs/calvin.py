@@ -43,7 +43,7 @@ from gymnasium import spaces
 from lerobot_defi.envs.calvin_initial_state import state_for_initial_condition
 from lerobot_defi.envs.calvin_instructions import check_instructions_cover, instructions_for
 from lerobot_defi.envs.calvin_sequences import CalvinSequence, load_sequences
-from lerobot_defi.envs.calvin_simulator import DEFAULT_SCENE, load_simulator_factory
+from lerobot_defi.envs.calvin_simulator import DEFAULT_SCENE, load_simulator_factory, reset_for_episode
 from lerobot_defi.envs.calvin_task_starts import DEFAULT_HOME_JOINT_NOISE, draw_task_start
 
 STATIC_IMAGE_SHAPE = (200, 200, 3)
@@ -230,11 +230,8 @@ class CalvinEnv(gym.Env):
         self.sequence = CalvinSequence(start.condition, (self.single_task,))
         self.completed_subtasks = 0
         self.subtask_steps = 0
-        simulator.reset(robot_obs=start.robot_obs, scene_obs=start.scene_obs)
-        robot = getattr(simulator, "robot", None)
-        if robot is not None:  # calvin_env's reset keeps the last gripper command; start open, as recorded
-            robot.gripper_action = 1
-        observation = self._format_observation(simulator.get_obs())
+        # as the recorder starts its episodes: nothing carried over from the previous one
+        observation = self._format_observation(reset_for_episode(simulator, start.robot_obs, start.scene_obs))
         self._start_info = simulator.get_info()
         return observation, self._info(subtask_success=False, is_success=False)
 

@@ -15,14 +15,14 @@ correcting the drift (DART-style recoveries).
 The dataset has exactly the features of ``lerobot-defi-convert calvin`` (cameras as videos,
 ``observation.state`` = robot_obs, ``observation.environment_state`` = scene_obs, ``action``, ``calvin_scene``
 = 3 (scene D), ``calvin_split`` = 0, ``calvin_frame`` = the step within the episode), so a policy trained on it
-runs in ``lerobot-eval --env.type=calvin`` unchanged. ``--camera_size=N`` resizes both cameras to N x N
-(``--env.camera_size=N`` serves the same images in evaluation).
+runs in ``lerobot-eval --env.type=calvin`` unchanged. ``--camera_size=N`` renders both cameras at N x N
+(``--env.camera_size=N`` serves the same images in evaluation); ``--use_videos=false`` stores PNG frames.
 
-Episodes are simulated by ``num_workers`` processes, one simulator each (never in the writing process), and
-written in a fixed order; an episode depends only on its task, seed and the options, not on which worker played
-it or what it played before (calvin_env's reset restores the scene; the recorder re-opens the gripper, which
-calvin_env's reset leaves as it was). An interrupted run resumes (``episode_writer``). Failed attempts are retried
-with the next seeds of that task until ``episodes_per_task`` are kept or ``max_attempts_per_task`` are spent.
+Episodes are simulated by ``num_workers`` processes (never in the writing process) and written in a fixed order;
+each is played in a freshly built simulator, so it depends only on its task, seed and the options, not on which
+worker played it or what that worker played before. An interrupted run resumes (``episode_writer``). Failed
+attempts are retried with the next seeds of that task until ``episodes_per_task`` are kept or
+``max_attempts_per_task`` are spent.
 ``meta/calvin_recording.json`` reports the attempts, kept episodes and the expert's success rate per task.
 
 Example::
@@ -44,6 +44,7 @@ import numpy as np
 from lerobot_defi.envs.calvin import resize_camera_image
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
 from lerobot_defi.envs.calvin_instructions import training_instructions
+from lerobot_defi.envs.calvin_simulator import reset_for_episode
 from lerobot_defi.envs.calvin_task_starts import DEFAULT_HOME_JOINT_NOISE, TASK_PRECONDITIONS, draw_task_start
 
 logger = logging.getLogger(__name__)
@@ -147,33 +148,41 @@ def recording_features(camera_size: int | None) -> dict[str, dict]:
     return out
 
 
-_WORKER_SIMULATOR: dict = {}
+_WORKER_ORACLE: list = []
 
 
-def _simulator(renderer: str, camera_size: int | None):
-    """This worker process's simulator and oracle (built once per process)."""
-    key = (renderer, camera_size)
-    if key not in _WORKER_SIMULATOR:
-        from lerobot_defi.envs.calvin_simulator import build_calvin_simulator
+def _fresh_simulator(renderer: str, camera_size: int | None):
+    """A newly built simulator for one episode (~1-2 s) and CALVIN's task oracle (built once per process).
 
-        for simulator, _ in _WORKER_SIMULATOR.values():
-            simulator.close()
-        _WORKER_SIMULATOR.clear()
-        _WORKER_SIMULATOR[key] = build_calvin_simulator(renderer=renderer, camera_size=camera_size)
-    return _WORKER_SIMULATOR[key]
+    Fresh, because calvin_env's reset keeps traces of the episode before (the block velocities, the button's
+    and the inverse kinematics' state: measured up to 3e-4 in the robot state of the next episode); a rebuilt
+    simulator makes an episode depend only on its task, seed and the options, whichever worker plays it and
+    whatever it played before, so a resumed or parallel recording gives the same dataset."""
+    from lerobot_defi.envs.calvin_simulator import build_calvin_simulator
+
+    simulator, oracle = build_calvin_simulator(renderer=renderer, camera_size=camera_size)
+    if not _WORKER_ORACLE:
+        _WORKER_ORACLE.append(oracle)
+    return simulator, _WORKER_ORACLE[0]
 
 
 def play_episode(options: EpisodeOptions, attempt: tuple[str, int]):
     """Simulate one attempt ``(task, seed)``; the episode's frames, or ``SkipEpisode`` when the oracle does not
     confirm the task within ``max_episode_steps`` (runs in a simulator worker)."""
+    task, seed = attempt
+    simulator, oracle = _fresh_simulator(options.renderer, options.camera_size)
+    try:
+        return _play(simulator, oracle, options, task, seed)
+    finally:
+        simulator.close()
+        simulator.cid = -1  # calvin_env's __del__ would disconnect a second time
+
+
+def _play(simulator, oracle, options: EpisodeOptions, task: str, seed: int):
     from lerobot_defi.conversions.episode_writer import EpisodeFrames, SkipEpisode
 
-    task, seed = attempt
-    simulator, oracle = _simulator(options.renderer, options.camera_size)
     start = draw_task_start(task, seed, purpose="record", home_joint_noise=options.home_joint_noise)
-    simulator.reset(robot_obs=start.robot_obs, scene_obs=start.scene_obs)
-    simulator.robot.gripper_action = 1  # calvin_env's reset keeps the previous episode's gripper command
-    observation = simulator.get_obs()
+    observation = reset_for_episode(simulator, start.robot_obs, start.scene_obs)
     start_info = simulator.get_info()
     driver = CartesianDriver(SceneView(simulator))
     skill = SKILLS[task](driver)

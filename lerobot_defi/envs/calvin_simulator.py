@@ -319,6 +319,30 @@ def build_calvin_simulator(
     return simulator, build_task_oracle()
 
 
+def reset_for_episode(simulator: CalvinSimulator, robot_obs: np.ndarray, scene_obs: np.ndarray) -> dict:
+    """Reset to ``(robot_obs, scene_obs)`` with no trace of earlier episodes; returns the observation.
+
+    calvin_env's ``reset`` restores the joints and the scene but keeps three things from the episode before: the
+    blocks' velocities (it sets their poses only: a block still sliding from a push slides on), the gripper command
+    (``robot_obs[14]``, restored only by the next step's action; here: open) and which inverse kinematics solver
+    the last target used (``robot.mixed_ik.is_using_IK_fast``; here: PyBullet's, as after construction). Without
+    this, an episode's trajectory depends on what the simulator played before (measured: up to 3e-4 in the robot
+    state of a switch episode after a push episode). Stand-in simulators without these attributes are only reset.
+    """
+    for movable in getattr(getattr(simulator, "scene", None), "movable_objects", []):
+        import pybullet
+
+        pybullet.resetBaseVelocity(movable.uid, [0, 0, 0], [0, 0, 0], physicsClientId=simulator.cid)
+    observation = simulator.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+    robot = getattr(simulator, "robot", None)
+    if robot is None:
+        return observation
+    robot.gripper_action = 1
+    if hasattr(getattr(robot, "mixed_ik", None), "is_using_IK_fast"):
+        robot.mixed_ik.is_using_IK_fast = False
+    return simulator.get_obs()
+
+
 def load_simulator_factory(path: str | None) -> SimulatorFactory:
     """``build_calvin_simulator``, or the callable named by ``"package.module:function"``."""
     if not path:
