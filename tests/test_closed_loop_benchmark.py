@@ -1,0 +1,119 @@
+"""The planning and reporting of benchmarks/closed_loop_calvin.py (its stages run for real in the CPU smoke run
+described in docs/closed_loop_calvin.md; here: what it would run, and what it reports from lerobot-eval outputs)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "closed_loop_calvin.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("closed_loop_calvin", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def option(command: list[str], name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, command)
+    return values[0]
+
+
+def test_plan_orders_the_stages_and_gives_every_policy_the_same_data_and_budget(bench, tmp_path):
+    config = bench.BenchmarkConfig(output_dir=str(tmp_path), steps=300, curve_points=3, batch_size=8)
+    plan = {job.name: job for job in bench.Benchmark(config).jobs()}
+    assert plan["record"].after == []
+    assert set(plan["train_defi"].after) == {"record", "pretrain_gfdm", "pretrain_gidm"}
+    for policy in ("defi_no_pretraining", "diffusion", "act"):
+        assert plan[f"train_{policy}"].after == ["record"]
+    for policy in bench.POLICIES:
+        train = plan[f"train_{policy}"].command
+        assert option(train, "steps") == "300" and option(train, "batch_size") == "8"
+        assert option(train, "dataset.root") == str(tmp_path / "dataset")
+        assert option(train, "save_freq") == "100"
+        evals = sorted(name for name in plan if name.startswith(f"eval_{policy}_0"))
+        assert evals == [f"eval_{policy}_{step:06d}" for step in (100, 200, 300)]
+        final = plan[f"eval_{policy}_000300"]
+        assert (
+            final.priority < plan[f"eval_{policy}_000100"].priority
+        )  # final checkpoints are evaluated first
+        assert option(final.command, "eval.n_episodes") == "20"
+        assert option(plan[f"eval_{policy}_000100"].command, "eval.n_episodes") == "5"
+        assert option(final.command, "env.tasks") == "[" + ",".join(bench.BENCHMARK_TASKS) + "]"
+        assert option(final.command, "env.camera_size") == "96"
+    record = plan["record"].command
+    assert option(record, "camera_size") == "96" and option(record, "renderer") == "tiny"
+    assert not any(arg.startswith("--use_videos") for arg in record)  # videos: cheap to read in long chunks
+
+
+def test_baselines_get_the_cameras_and_robot_state_but_not_the_scene_state(bench, tmp_path):
+    plan = {job.name: job for job in bench.Benchmark(bench.BenchmarkConfig(output_dir=str(tmp_path))).jobs()}
+    for policy in ("diffusion", "act"):
+        command = plan[f"train_{policy}"].command
+        inputs = json.loads(option(command, "policy.input_features"))
+        assert set(inputs) == {"observation.images.static", "observation.images.gripper", "observation.state"}
+        assert inputs["observation.images.static"]["shape"] == [3, 96, 96]
+        assert option(command, "policy.pretrained_backbone_weights") == "null"
+    defi = plan["train_defi"].command
+    assert option(defi, "policy.gfdm_path") == str(tmp_path / "pretrain_gfdm" / "gfdm")
+    assert option(defi, "policy.gidm_path") == str(tmp_path / "pretrain_gidm" / "model")
+    scratch = plan["train_defi_no_pretraining"].command
+    assert option(scratch, "policy.gfdm_path") == str(tmp_path / "components" / "svd_init")
+    assert not any(arg.startswith("--policy.gidm_path") for arg in scratch)
+
+
+def eval_info(successes: dict[str, list[bool]]) -> dict:
+    """The layout of lerobot-eval's eval_info.json in the task-level mode."""
+    return {
+        "per_task": [
+            {"task_group": "calvin_tasks", "task_id": task, "metrics": {"successes": values}}
+            for task, values in successes.items()
+        ],
+        "overall": {"eval_s": 12.5},
+    }
+
+
+def test_results_summarise_each_checkpoint_per_task_and_plot(bench, tmp_path):
+    config = bench.BenchmarkConfig(
+        output_dir=str(tmp_path), steps=200, curve_points=2, policies=["defi", "act"]
+    )
+    benchmark = bench.Benchmark(config)
+    for policy, step, successes in (
+        ("defi", 100, {"open_drawer": [True, False], "turn_on_led": [False, False]}),
+        ("defi", 200, {"open_drawer": [True, True, True, False], "turn_on_led": [True, False, False, False]}),
+        ("act", 200, {"open_drawer": [False] * 4, "turn_on_led": [True, False, False, False]}),
+    ):
+        folder = tmp_path / "eval" / f"{policy}_{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "eval_info.json").write_text(json.dumps(eval_info(successes)))
+    benchmark.finished = {"train_defi": {"seconds": 30.0}, "pretrain_gfdm": {"seconds": 5.0}}
+    results = benchmark.write_results()
+    defi = results["policies"]["defi"]
+    assert [e["step"] for e in defi["evaluations"]] == [100, 200]
+    assert defi["final"]["per_task"]["open_drawer"] == {"success_rate": 0.75, "episodes": 4}
+    assert defi["final"]["mean_success"] == pytest.approx((0.75 + 0.25) / 2)
+    assert defi["evaluations"][0]["episodes_per_task"] == 2
+    assert defi["training"]["samples"] == 200 * config.batch_size
+    assert defi["training"]["pretraining_wall_seconds"]["pretrain_gfdm"] == 5.0
+    assert results["policies"]["act"]["final"]["mean_success"] == pytest.approx(0.125)
+    assert "training" not in results["policies"]["act"]  # not trained in this run
+    assert json.loads((tmp_path / bench.RESULTS_FILE).read_text()) == results
+    assert (tmp_path / bench.PLOT_FILE).stat().st_size > 1000
+
+
+def test_finished_stages_are_skipped_on_the_next_run(bench, tmp_path, capsys):
+    config = bench.BenchmarkConfig(output_dir=str(tmp_path), policies=["act"], dry_run=True, curve_points=1)
+    (tmp_path / bench.STAGES_FILE).write_text(json.dumps({"record": {"seconds": 1.0}}))
+    bench.Benchmark(config).run()
+    printed = capsys.readouterr().out
+    assert (
+        "[done] record" in printed and "[todo] train_act" in printed and "[todo] eval_act_003000" in printed
+    )
