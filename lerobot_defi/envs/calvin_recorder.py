@@ -35,13 +35,13 @@ import functools
 import json
 import logging
 import os
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lerobot_defi.envs.calvin import resize_camera_image
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
 from lerobot_defi.envs.calvin_instructions import training_instructions
 from lerobot_defi.envs.calvin_simulator import reset_for_episode
@@ -217,15 +217,10 @@ def _play(simulator, oracle, options: EpisodeOptions, task: str, seed: int):
 
     sentences = training_instructions()[task]
     sentence = sentences[int(np.random.default_rng([seed, 11]).integers(len(sentences)))]
-    size = options.camera_size
     n = len(frames)
-    episode = {
-        "observation.images.static": np.stack(
-            [resize_camera_image(o["rgb_obs"]["rgb_static"], size) for o, _ in frames]
-        ),
-        "observation.images.gripper": np.stack(
-            [resize_camera_image(o["rgb_obs"]["rgb_gripper"], size) for o, _ in frames]
-        ),
+    episode = {  # cameras as rendered (at camera_size when given)
+        "observation.images.static": np.stack([o["rgb_obs"]["rgb_static"] for o, _ in frames]),
+        "observation.images.gripper": np.stack([o["rgb_obs"]["rgb_gripper"] for o, _ in frames]),
         "observation.state": np.stack([o["robot_obs"] for o, _ in frames]).astype(np.float32),
         "observation.environment_state": np.stack([o["scene_obs"] for o, _ in frames]).astype(np.float32),
         "action": np.stack([a for _, a in frames]).astype(np.float32),
@@ -408,6 +403,14 @@ def main() -> None:
                 f"  {task:28s} kept {entry['kept']:4d} of {entry['attempts']:4d} attempts "
                 f"({entry['expert_success_rate']:.0%}), mean length {entry['mean_length'] or 0:.0f} frames"
             )
+        short = [t for t, e in report["tasks"].items() if e["kept"] < config.episodes_per_task]
+        if short:
+            print(
+                f"error: fewer than {config.episodes_per_task} episodes for {short} after "
+                f"{config.max_attempts_per_task} attempts each (raise --max_attempts_per_task)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
 
     run()
 
