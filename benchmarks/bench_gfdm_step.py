@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
 from lerobot_defi.models.edm import sample_log_normal_sigmas
-from lerobot_defi.models.gfdm import encode_video_latents, gfdm_v_objective_loss
+from lerobot_defi.models.gfdm_video import encode_video_latents, gfdm_v_objective_loss
 from lerobot_defi.models.reference_architectures import SVD_UNET, SVD_VAE
 
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "gfdm_tiny.yaml"

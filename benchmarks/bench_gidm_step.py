@@ -1,6 +1,6 @@
 """Speed and memory of one GIDM pretraining step at the official size (random weights, no download).
 
-The step is the trainer's (``train_gidm.gidm_loss`` + backward + gradient clip 0.1 + AdamW): frozen
+The step is the trainer's (``gidm_evaluation.gidm_loss`` + backward + gradient clip 0.1 + AdamW): frozen
 DINOv2-B/14-reg patch tokens of both 224 px frames, frozen T5-base tokens (cached per instruction, as in
 training), the 768-d 12+12-block GIDM with its VQ, under autocast. Data loading is not included (random frames).
 
@@ -102,7 +102,7 @@ def run_benchmark(
     losses = []
 
     def step():
-        with autocast():  # = train_gidm.gidm_loss
+        with autocast():  # = gidm_evaluation.gidm_loss
             visual, text, mask = encode_pair_features(dino, t5, batch["frames"], batch["task"])
             out = trained(visual, text, mask)
         scaler.scale(out["loss"]).backward()

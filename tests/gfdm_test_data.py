@@ -1,15 +1,28 @@
-"""Small real LeRobotDatasets for the GFDM tests, written with ``LeRobotDataset.create`` from real frames:
-CALVIN npz frames (``tests/data/calvin_mini_slice`` or ``shared/data/calvin_mini``) and VPP sample videos
-(``tests/data/vpp_slice``)."""
+"""Inputs of the GFDM tests: small real LeRobotDatasets, written with ``LeRobotDataset.create`` from real
+frames (CALVIN npz frames of ``tests/data/calvin_mini_slice`` or ``shared/data/calvin_mini``, VPP sample videos of
+``tests/data/vpp_slice``), and the tiny SVD networks of ``configs/gfdm_tiny.yaml``."""
 
 import json
 from pathlib import Path
 
 import av
 import numpy as np
-from defi_test_utils import CALVIN_SLICE, SHARED_DATA, TESTS_DIR
+import torch
+import yaml
+from defi_test_utils import CALVIN_SLICE, REPO_DIR, SHARED_DATA, TESTS_DIR
 
 VPP_SLICE = TESTS_DIR / "data" / "vpp_slice"
+TINY = yaml.safe_load((REPO_DIR / "configs" / "gfdm_tiny.yaml").read_text())
+
+
+def tiny_models():
+    """The tiny preset's UNet and VAE with seeded random weights, in eval mode."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel.from_config(TINY["model"]["unet_config"]).eval()
+    vae = AutoencoderKLTemporalDecoder.from_config(TINY["model"]["vae_config"]).eval()
+    return unet, vae
 
 
 def calvin_training_dir() -> Path | None:

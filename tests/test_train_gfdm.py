@@ -1,7 +1,7 @@
-"""GFDM pretraining (spec section 2): clip sampling, the mixture sampler, the latent cache and the VPP ``.pt``
-layout, the v-objective against diffusers' SVD scheduler convention, the CFG-ramp sampler, bad input, and
-``lerobot-defi-train-gfdm`` end to end on real CALVIN / VPP frames with the tiny preset (loss, resume,
-export -> policy, model card, 2 processes)."""
+"""GFDM pretraining (docs/method.md §2): clip sampling, the latent cache and the VPP ``.pt`` layout, bad input,
+and ``lerobot-defi-train-gfdm`` end to end on real CALVIN / VPP frames with the tiny preset (loss, resume,
+export -> policy, model card, 2 processes). The objective, sampler and pipeline: ``test_gfdm_video.py``; the
+mixture sampler: ``test_mixture.py``."""
 
 import json
 import math
@@ -18,25 +18,20 @@ import torch
 import yaml
 from defi_test_utils import REPO_DIR
 from gfdm_test_data import (
+    TINY,
     VPP_SLICE,
     calvin_training_dir,
     make_calvin_dataset,
     make_synthetic_dataset,
     make_vpp_video_dataset,
     read_video,
+    tiny_models,
 )
 
-from lerobot_defi.models.gfdm import (
-    SVD_SCHEDULER_CONFIG,
-    GFDMFeatureExtractor,
-    GFDMVideoPipeline,
-    check_svd_init_folder,
-    encode_video_latents,
-    frame_guidance_scales,
-    gfdm_v_objective_loss,
-    sample_gfdm_video,
-)
-from lerobot_defi.pretrain.common import MixtureDataset, MixtureSampler, parse_config
+from lerobot_defi.models.gfdm import GFDMFeatureExtractor
+from lerobot_defi.models.gfdm_video import GFDMVideoPipeline, encode_video_latents, gfdm_v_objective_loss
+from lerobot_defi.pretrain.cli import parse_config
+from lerobot_defi.pretrain.gfdm_config import TrainGFDMConfig
 from lerobot_defi.pretrain.gfdm_data import (
     GFDMClipDataset,
     GFDMDatasetConfig,
@@ -51,9 +46,10 @@ from lerobot_defi.pretrain.gfdm_data import (
     resize_frames_uint8,
     save_latents_atomically,
 )
-from lerobot_defi.pretrain.train_gfdm import TrainGFDMConfig, train
+from lerobot_defi.pretrain.gfdm_parts import check_svd_init_folder
+from lerobot_defi.pretrain.mixture import MixtureDataset
+from lerobot_defi.pretrain.train_gfdm import train
 
-TINY = yaml.safe_load((REPO_DIR / "configs" / "gfdm_tiny.yaml").read_text())
 BIN = Path(sys.executable).parent
 needs_calvin = pytest.mark.skipif(
     calvin_training_dir() is None,
@@ -96,15 +92,6 @@ def tiny_config(output_dir, datasets: list[dict], *flags: str) -> TrainGFDMConfi
     return parse_config(TrainGFDMConfig, [*args, *flags])
 
 
-def tiny_models():
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-
-    torch.manual_seed(0)
-    unet = UNetSpatioTemporalConditionModel.from_config(TINY["model"]["unet_config"]).eval()
-    vae = AutoencoderKLTemporalDecoder.from_config(TINY["model"]["vae_config"]).eval()
-    return unet, vae
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,7 +108,7 @@ def read_metrics(run: Path) -> list[dict]:
 def test_clip_indices_follow_the_official_rules():
     stride = GFDMDatasetConfig(repo_id="x", frame_stride=2)
     clips = [c.tolist() for c in episode_clips(stride, length=10, num_frames=4)]
-    # starts every 2 frames over the whole episode, indices clamped to the last frame (spec 2.3)
+    # starts every 2 frames over the whole episode, indices clamped to the last frame (docs/method.md §2.3)
     assert clips == [[0, 2, 4, 6], [2, 4, 6, 8], [4, 6, 8, 9], [6, 8, 9, 9], [8, 9, 9, 9]]
     strict = GFDMDatasetConfig(repo_id="x", frame_stride=2, pad_short_clips=False)
     assert [c.tolist() for c in episode_clips(strict, 10, 4)] == [[0, 2, 4, 6], [2, 4, 6, 8]]
@@ -134,35 +121,6 @@ def test_clip_indices_follow_the_official_rules():
     ]
     assert episode_clips(even, 101, 16) == []  # internet episodes longer than 100 frames are skipped
     assert evenly_spaced_indices(5, 4).tolist() == [0, 1, 2, 4]
-
-
-def test_mixture_sampler_weights_shards_and_resume():
-    sizes, weights = [50, 10, 400], [0.4, 0.2, 0.4]
-    full = MixtureSampler(sizes, weights, num_samples=3000, seed=3)
-    indices, seeds = full.epoch_order(0)
-    members = np.searchsorted(np.cumsum(sizes), indices, side="right")
-    np.testing.assert_allclose(np.bincount(members) / len(indices), weights, atol=0.03)
-    # a member is exhausted before any of its items repeats
-    first_small = indices[members == 1][:10]
-    assert sorted(first_small.tolist()) == list(range(50, 60))
-
-    ranks = [MixtureSampler(sizes, weights, num_samples=3000, seed=3, rank=r, world_size=2) for r in (0, 1)]
-    shards = [list(s) for s in ranks]
-    assert len(shards[0]) == len(shards[1]) == 1500
-    interleaved = [pair[r] for pair in zip(*shards) for r in (0, 1)]
-    assert [i for i, _ in interleaved] == indices.tolist()  # disjoint positions, together the whole epoch
-    assert [s for _, s in interleaved] == seeds.tolist()
-
-    stream = MixtureSampler(sizes, weights, num_samples=100, seed=3, rank=1, world_size=2, infinite=True)
-    it = iter(stream)
-    straight = [next(it) for _ in range(130)]  # crosses into epoch 2
-    resumed = MixtureSampler(sizes, weights, num_samples=100, seed=3, rank=1, world_size=2, infinite=True)
-    resumed.resume(77)
-    it = iter(resumed)
-    assert [next(it) for _ in range(53)] == straight[77:]
-    assert MixtureSampler(sizes, weights, num_samples=100, seed=4).epoch_order(0)[0].tolist() != (
-        MixtureSampler(sizes, weights, num_samples=100, seed=3).epoch_order(0)[0].tolist()
-    )
 
 
 @needs_calvin
@@ -228,91 +186,6 @@ def test_latent_cache_encodes_each_episode_once_with_the_vae(calvin_dataset, tmp
     # training items now come from the cache
     item = train_sets[0].sample(0, np.random.default_rng(0))
     assert set(item) >= {"latents", "task"} and item["latents"].shape == (4, 4, 16, 16)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# objective and sampler
-# ----------------------------------------------------------------------------------------------------------------
-def test_v_objective_matches_svd_scheduler_convention():
-    from diffusers import EulerDiscreteScheduler
-
-    from lerobot_defi.models.edm import edm_training_target
-
-    unet, _ = tiny_models()
-    scheduler = EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
-    scheduler.set_timesteps(10)
-    generator = torch.Generator().manual_seed(0)
-    clean = torch.randn(2, 4, 4, 8, 8, generator=generator)
-    condition = torch.randn(2, 4, 8, 8, generator=generator)
-    context = torch.randn(2, 20, 64, generator=generator)
-    ids = torch.tensor([[7.0, 127.0, 0.0]] * 2)
-    noise = torch.randn(clean.shape, generator=generator)
-    for index in (2, 6):
-        sigma = scheduler.sigmas[index]
-        with torch.no_grad():
-            loss = gfdm_v_objective_loss(unet, clean, condition, context, ids, sigma.repeat(2), noise)
-            noisy = clean + sigma * noise
-            # the scheduler's own input scaling and continuous timestep (c_noise = ln(sigma) / 4)
-            scheduler._step_index = index
-            model_in = torch.cat(
-                [
-                    scheduler.scale_model_input(noisy, scheduler.timesteps[index]),
-                    condition[:, None].expand(-1, 4, -1, -1, -1),
-                ],
-                2,
-            )
-            assert scheduler.timesteps[index].item() == pytest.approx(math.log(sigma.item()) / 4, rel=1e-5)
-            output = unet(model_in, scheduler.timesteps[index].repeat(2), context, ids).sample
-            scheduler._step_index = index
-            denoised = scheduler.step(output, scheduler.timesteps[index], noisy).pred_original_sample
-        expected = ((sigma**2 + 1) / sigma**2 * (denoised - clean) ** 2).flatten(1).mean(1)
-        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
-        # = the EDM-weighted loss with sigma_data = 1 written as a regression of F on its target (c_out < 0)
-        target = edm_training_target(clean, noisy, sigma.repeat(2), sigma_data=1.0)
-        torch.testing.assert_close(loss, ((output + target) ** 2).flatten(1).mean(1), rtol=1e-4, atol=1e-6)
-
-
-def test_sampler_one_step_is_the_denoised_estimate_and_guidance_ramps_over_frames():
-    from diffusers import EulerDiscreteScheduler
-
-    from lerobot_defi.models.edm import v_prediction_scalings
-
-    unet, _ = tiny_models()
-    scheduler = EulerDiscreteScheduler(**SVD_SCHEDULER_CONFIG)
-    generator = torch.Generator().manual_seed(1)
-    condition = torch.randn(2, 4, 8, 8, generator=generator)
-    context = torch.randn(2, 20, 64, generator=generator)
-
-    def run(**kwargs):
-        return sample_gfdm_video(
-            unet,
-            scheduler,
-            condition,
-            context,
-            num_frames=4,
-            num_steps=1,
-            generator=torch.Generator().manual_seed(7),
-            **kwargs,
-        )
-
-    plain = run(guidance_min=1.0, guidance_max=1.0)
-    x_t = (
-        torch.randn((2, 4, 4, 8, 8), generator=torch.Generator().manual_seed(7)) * scheduler.init_noise_sigma
-    )
-    sigma = torch.tensor(700.0)
-    c_skip, c_out, c_in, c_noise = v_prediction_scalings(sigma)
-    with torch.no_grad():
-        model_in = torch.cat([c_in * x_t, condition[:, None].expand(-1, 4, -1, -1, -1)], 2)
-        output = unet(model_in, c_noise.repeat(2), context, torch.tensor([[7.0, 127.0, 0.0]] * 2)).sample
-    # one Euler step from sigma_max to 0 returns D(x_T; 700) (float32 rounding of x_T ~ 700: atol 1e-3)
-    torch.testing.assert_close(plain, c_skip * x_t + c_out * output, rtol=1e-3, atol=1e-3)
-
-    guided = run(guidance_min=1.0, guidance_max=7.5)
-    torch.testing.assert_close(guided[:, 0], plain[:, 0], rtol=1e-3, atol=1e-3)  # scale 1.0 on frame 0
-    assert (guided[:, 1:] - plain[:, 1:]).abs().mean() > 1e-3
-    torch.testing.assert_close(
-        frame_guidance_scales(4, 1.0, 7.5).flatten(), torch.tensor([1.0, 19 / 6, 16 / 3, 7.5])
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -391,7 +264,8 @@ def test_bad_input_gets_clear_errors(tmp_path, vpp_video_datasets):
 def test_initialises_from_an_svd_folder(tmp_path):
     from safetensors.torch import load_file
 
-    from lerobot_defi.pretrain.train_gfdm import GFDMModelConfig, load_gfdm_parts
+    from lerobot_defi.pretrain.gfdm_config import GFDMModelConfig
+    from lerobot_defi.pretrain.gfdm_parts import load_gfdm_parts
 
     unet, vae = tiny_models()
     unet.save_pretrained(tmp_path / "svd" / "unet")

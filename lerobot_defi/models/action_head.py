@@ -1,12 +1,12 @@
 """DeFI action head: an EDM-preconditioned encoder-decoder transformer that denoises action chunks
-(spec 4.3 f-g, 5.1).
+(docs/method.md §4.3f, §4.3g, §5.1).
 
 * The **context encoder** turns ``[goal token, video tokens, latent-action tokens]`` into a context
   sequence once per chunk (it does not depend on the noise level or the noisy actions).
 * The **action decoder** reads noisy action tokens, conditions on the noise level through AdaLN and on the
   context through cross-attention.
 
-Official quirks kept as flags (spec section 8): the decoder cross-attention is causal with an upper-left
+Official quirks kept as flags (docs/method.md §8.2, §8.3): the decoder cross-attention is causal with an upper-left
 aligned mask (``causal_cross_attention``), and AdaLN modulates as ``shift + x * scale`` without the usual
 ``1 +`` (``adaln_scale_plus_one=False``).
 """
@@ -40,9 +40,9 @@ class ActionHeadConfig:
     attention_dropout: float = 0.3
     residual_dropout: float = 0.1
     mlp_dropout: float = 0.05
-    # Official quirk: action token i may only read context tokens 0..i (spec 8, item 2).
+    # Official quirk: action token i may only read context tokens 0..i (docs/method.md §8.2).
     causal_cross_attention: bool = True
-    # Official quirk: AdaLN is `shift + x * scale`; True gives DiT's `shift + x * (1 + scale)` (spec 8, item 3).
+    # Official quirk: AdaLN is `shift + x * scale`; True gives DiT's `shift + x * (1 + scale)` (docs/method.md §8.3).
     adaln_scale_plus_one: bool = False
     # EDM.
     sigma_data: float = 0.5
@@ -50,7 +50,7 @@ class ActionHeadConfig:
     sigma_max: float = 80.0
     sigma_density_loc: float = math.log(0.5)
     sigma_density_scale: float = 0.5
-    # Sampler: first-order DPM-Solver on an exponential schedule; inference stops at 1.0 (spec 8, item 4).
+    # Sampler: first-order DPM-Solver on an exponential schedule; inference stops at 1.0 (docs/method.md §8.4).
     num_inference_steps: int = 10
     sigma_min_infer: float = 1.0
 
@@ -280,7 +280,7 @@ def causal_mask(num_queries: int, num_keys: int) -> Tensor:
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Official init: Linear ~ N(0, 0.02) with zero bias; LayerNorm weight 1, bias 0 (spec 4.6)."""
+    """Official init: Linear ~ N(0, 0.02) with zero bias; LayerNorm weight 1, bias 0 (docs/method.md §4.6)."""
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -3,9 +3,9 @@ inference schedules and the first-order sampler.
 
 Two parameterisations are used in DeFI:
 
-* the action head: EDM "F-prediction" with ``sigma_data = 0.5`` (spec 4.3 g);
+* the action head: EDM "F-prediction" with ``sigma_data = 0.5`` (docs/method.md §4.3g);
 * the GFDM video model: SVD's v-prediction, which is EDM with ``sigma_data = 1`` and a negated ``c_out``
-  (spec 2.5).
+  (docs/method.md §2.5).
 
 Shapes: ``sigma`` is a tensor broadcastable against the sample (callers pass ``(B, 1, 1)`` or ``(B,)``).
 """
@@ -37,18 +37,6 @@ def v_prediction_scalings(sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor
     ``c_in = 1/sqrt(s^2+1)``, ``c_noise = ln(s)/4``."""
     total = sigma**2 + 1.0
     return 1.0 / total, -sigma / total.sqrt(), 1.0 / total.sqrt(), sigma.log() / 4.0
-
-
-def edm_denoise(
-    model_output_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigma: Tensor, sigma_data: float
-) -> Tensor:
-    """Denoised estimate ``D(x; s) = c_skip*x + c_out*F(c_in*x, c_noise)``.
-
-    ``model_output_fn(scaled_x, c_noise)`` is the raw network ``F``; ``sigma`` has shape ``(B,)``.
-    """
-    view = (-1,) + (1,) * (x.ndim - 1)
-    c_skip, c_out, c_in, c_noise = edm_scalings(sigma.reshape(view), sigma_data)
-    return c_skip * x + c_out * model_output_fn(c_in * x, c_noise.reshape(-1))
 
 
 def edm_training_target(clean: Tensor, noisy: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
@@ -91,7 +79,7 @@ def sample_log_normal_sigmas(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``ln sigma ~ N(mean, std^2)`` (SVD / GFDM training, spec 2.5: mean 0.7, std 1.6)."""
+    """``ln sigma ~ N(mean, std^2)`` (SVD / GFDM training, docs/method.md §2.5: mean 0.7, std 1.6)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     normal = torch.randn(shape, generator=generator, device=generator.device if generator else device)
     return torch.exp(mean + std * normal).to(device)
@@ -105,16 +93,6 @@ def exponential_sigmas(num_steps: int, sigma_min: float, sigma_max: float, devic
         math.log(sigma_max), math.log(sigma_min), num_steps, dtype=torch.float64, device=device
     )
     sigmas = log_sigmas.exp()
-    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
-
-
-def karras_sigmas(
-    num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device=None
-) -> Tensor:
-    """Karras et al. schedule (``rho = 7``) from ``sigma_max`` to ``sigma_min`` plus a final 0."""
-    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64, device=device)
-    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 

@@ -1,4 +1,4 @@
-"""GIDM: the latent inverse-dynamics model (a VQ latent-action model, spec section 3).
+"""GIDM: the latent inverse-dynamics model (a VQ latent-action model, docs/method.md §3).
 
 Given visual tokens of two frames (t, t+gap) and an instruction, a spatio-temporal transformer encoder
 produces ``num_latent_tokens`` vectors that are quantised against a small codebook: the "latent action".
@@ -23,7 +23,7 @@ from lerobot_defi.models.attention import MultiHeadAttention
 
 @dataclass
 class GIDMConfig:
-    """Architecture of the latent action model (official values, spec 3.1)."""
+    """Architecture of the latent action model (official values, docs/method.md §3.1)."""
 
     model_dim: int = 768
     num_heads: int = 12
@@ -40,8 +40,8 @@ class GIDMConfig:
     # Hidden size of the instruction encoder (T5-base: 768).
     text_dim: int = 768
     dropout: float = 0.0
-    # Official bug (spec 8, item 10): the instruction padding mask is tiled in (frame, sample) order while the
-    # attention rows are (sample, frame); True reproduces it, False applies each sample's own mask.
+    # Official bug (docs/method.md §8.10): the instruction padding mask is tiled in (frame, sample) order while
+    # the attention rows are (sample, frame); True reproduces it, False applies each sample's own mask.
     tiled_padding_mask: bool = True
 
 
@@ -115,7 +115,7 @@ class SpatialBlock(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-code quantiser with a straight-through gradient and per-code usage counts.
+    """Nearest-code quantiser with a straight-through gradient.
 
     ``z (B, K, latent_dim)`` -> ``z_q`` (same shape), ``indices (B, K)``, ``code_loss`` = mse(sg(z), e),
     ``commitment_loss`` = mse(z, sg(e)): scalars over the batch, or with ``reduction="none"`` ``(B,)``, each
@@ -126,7 +126,6 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.codebook = nn.Embedding(codebook_size, latent_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
 
     def forward(self, z: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if reduction not in ("mean", "none"):
@@ -138,8 +137,6 @@ class VectorQuantizer(nn.Module):
         )
         indices = distances.argmin(-1)
         quantized = self.codebook(indices).view_as(z)
-        if self.training:
-            self.usage += torch.bincount(indices, minlength=codebook.shape[0])
         if reduction == "none":
             code_loss = F.mse_loss(quantized, z.detach(), reduction="none").flatten(1).mean(1)
             commitment_loss = F.mse_loss(z, quantized.detach(), reduction="none").flatten(1).mean(1)
@@ -150,15 +147,16 @@ class VectorQuantizer(nn.Module):
         return quantized, indices.view(z.shape[:-1]), code_loss, commitment_loss
 
     @torch.no_grad()
-    def reset_dead_codes(self, generator: torch.Generator | None = None) -> int:
-        """Overwrite every code unused since the last reset with a copy of a randomly chosen used code;
-        clear the usage counts. Returns how many codes were reset."""
-        dead = (self.usage == 0).nonzero().flatten()
-        alive = (self.usage > 0).nonzero().flatten()
+    def reset_dead_codes(self, counts: Tensor, generator: torch.Generator | None = None) -> int:
+        """Overwrite every code with ``counts == 0`` by a copy of a randomly chosen used code. ``counts``
+        ``(codebook_size,)``: how often each code was chosen since the last reset (counted by the caller, over all
+        processes when distributed: ``models/codebook_stats.py``). Returns how many codes were reset."""
+        counts = counts.to(self.codebook.weight.device)
+        dead = (counts == 0).nonzero().flatten()
+        alive = (counts > 0).nonzero().flatten()
         if len(dead) and len(alive):
             pick = torch.randint(len(alive), (len(dead),), generator=generator, device="cpu").to(alive.device)
             self.codebook.weight[dead] = self.codebook.weight[alive[pick]]
-        self.usage.zero_()
         return len(dead) if len(alive) else 0
 
 

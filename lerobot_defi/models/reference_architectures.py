@@ -1,5 +1,5 @@
 """Architecture dicts of the public models DeFI builds on, for building official-size networks offline
-(random weights, meta-device size checks, benchmarks). Values from their Hub configs (spec 1.3, 2.1).
+(random weights, meta-device size checks, benchmarks). Values from their Hub configs (docs/method.md §1.3, §2.1).
 """
 
 # stabilityai/stable-video-diffusion-img2vid: unet/config.json

@@ -1,4 +1,4 @@
-"""Frozen instruction encoders with a per-instruction cache (spec 2.2, 4.3 a, 8 item 16).
+"""Frozen instruction encoders with a per-instruction cache (docs/method.md §2.2, §4.3a, §8.16).
 
 One CLIP ViT-B/32 text tower gives both
 
@@ -8,12 +8,12 @@ One CLIP ViT-B/32 text tower gives both
   length, ``(B, 512)``, equal to OpenAI CLIP's ``encode_text``.
 
 A T5 encoder gives the GIDM's instruction tokens ``(B, L, 768)`` with a padding mask ``(B, L)`` (L = longest
-instruction in the batch). As in the original, padded slots hold T5 outputs, not zeros (spec 5.4).
+instruction in the batch). As in the original, padded slots hold T5 outputs, not zeros (docs/method.md §5.4).
 
-The CLIP context and T5 get the tokenizer's attention mask, as the original passes it (spec 2.2, 3.1). All
-encoders are frozen; every instruction string is encoded once and cached (the cache lives outside the state
-dict). The one exception is T5 with dropout (the original trains with it on, spec 8 item 26): then the batch
-is encoded afresh. Pretrained models load by Hub id or local path; for tests and the CPU demo, small random
+The CLIP context and T5 get the tokenizer's attention mask, as the original passes it (docs/method.md §2.2,
+§3.1). All encoders are frozen; every instruction string is encoded once and cached (the cache lives outside the
+state dict). The one exception is T5 with dropout (the original trains with it on, docs/method.md §8.26): then
+the batch is encoded afresh. Pretrained models load by Hub id or local path; for tests and the CPU demo, small random
 models are built from config dicts with a byte-level tokenizer constructed in code (no download).
 """
 
@@ -165,7 +165,7 @@ def encode_clip_context(
     model: CLIPTextModelWithProjection, tokenizer: PreTrainedTokenizerBase, texts: list[str], length: int
 ) -> Tensor:
     """CLIP ``last_hidden_state`` ``(B, length, D)`` of the texts padded/truncated to ``length`` tokens, run with
-    the tokenizer's attention mask as the original does (spec 2.2): real-token positions do not depend on the
+    the tokenizer's attention mask as the original does (docs/method.md §2.2): real-token positions do not depend on the
     mask (causal attention), the padded slots that the UNet's cross-attention reads do."""
     tokens = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     tokens = tokens.to(model.device)
@@ -177,7 +177,7 @@ def encode_clip_context(
 def encode_t5_batch(
     model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], pad_to_multiple_of: int = 1
 ) -> tuple[Tensor, Tensor]:
-    """The original's T5 call (spec 3.1 step 1): the texts tokenised together, padded to the longest (rounded up
+    """The original's T5 call (docs/method.md §3.1, step 1): the texts tokenised together, padded to the longest (rounded up
     to ``pad_to_multiple_of``), ids and attention mask into T5 -> ``last_hidden_state (B, L, D)`` and the mask
     ``(B, L)`` bool. Padded slots hold T5 outputs. Runs in the model's current mode (dropout if training)."""
     tokens = tokenizer(texts, padding="longest", pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")

@@ -1,5 +1,5 @@
 """Video Former: a perceiver resampler that compresses GFDM features of all predicted frames and cameras
-into a fixed set of tokens (spec 4.3 d).
+into a fixed set of tokens (docs/method.md §4.3d).
 
 Per frame, learned queries cross-attend to that frame's feature tokens (all cameras concatenated); the
 queries of the same slot then attend to each other across frames; an MLP follows. Output tokens are
@@ -26,7 +26,7 @@ class VideoFormerConfig:
     mlp_ratio: int = 4
     # Hidden width of the input MLP that maps GFDM features (2560 channels) to `dim`.
     input_hidden_dim: int = 768
-    # Official quirk: no LayerNorm before the temporal attention (spec 8, item 11).
+    # Official quirk: no LayerNorm before the temporal attention (docs/method.md §8.11).
     temporal_prenorm: bool = False
 
 

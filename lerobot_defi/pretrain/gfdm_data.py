@@ -1,4 +1,5 @@
-"""GFDM training clips: which frames form a clip, where they come from, and the optional latent cache (spec 2.3).
+"""GFDM training clips: which frames form a clip, where they come from, and the optional latent cache
+(docs/method.md §2.3).
 
 A clip is ``num_frames`` frame indices of one episode and one camera, with the instruction of its first frame:
 
@@ -36,10 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from tqdm import tqdm
 
-from lerobot_defi.pretrain.common import DatasetSourceConfig, episode_tasks, load_lerobot_dataset
+from lerobot_defi.pretrain.sources import DatasetSourceConfig, episode_tasks, load_lerobot_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -558,7 +559,7 @@ def encode_missing_latents(
     """Encode every missing episode latent file (this process's share ``rank::world_size``); returns how many
     this process wrote. Files are written atomically, so an interrupted run resumes where it stopped.
     The posterior sample of episode ``e`` uses a generator seeded with ``(seed, e)``."""
-    from lerobot_defi.models.gfdm import encode_video_latents
+    from lerobot_defi.models.gfdm_video import encode_video_latents
 
     # Shard the full list (not only the missing files): processes look at the disk at different moments.
     todo = [entry for entry in needed_latent_files(datasets)[rank::world_size] if not entry[3].is_file()]
@@ -584,3 +585,13 @@ def encode_missing_latents(
             )
         save_latents_atomically(torch.cat(chunks), path)
     return len(todo)
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Batch of clip items: tensors stacked by ``default_collate``; ``task`` and ``camera`` kept as lists."""
+    batch = default_collate(
+        [{k: v for k, v in item.items() if k not in ("task", "camera")} for item in items]
+    )
+    batch["task"] = [item["task"] for item in items]
+    batch["camera"] = [item["camera"] for item in items]
+    return batch

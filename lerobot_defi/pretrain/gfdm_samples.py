@@ -1,5 +1,5 @@
 """Sample videos of the GFDM for people to look at: ground truth above prediction, samples side by side,
-written as mp4 (H.264) and/or GIF (spec 2.7)."""
+written as mp4 (H.264) and/or GIF (docs/method.md §2.7)."""
 
 from __future__ import annotations
 

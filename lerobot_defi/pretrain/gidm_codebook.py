@@ -1,28 +1,19 @@
-"""Codebook bookkeeping of GIDM pretraining: usage and perplexity for the logs, and dead-code reset (spec 3.2).
+"""Codebook bookkeeping of GIDM pretraining: usage and perplexity for the logs, and dead-code reset
+(docs/method.md §3.2).
 
-Counts come from the quantiser's indices of each step (not from the quantiser's own ``usage`` buffer, which DDP's
-buffer broadcast would overwrite with rank 0's copy). Before a reset the counts of all processes are summed, and
-every process draws the replacement codes from the same seeded generator, so the codebooks stay identical.
+The one place the codes are counted: from the quantiser's indices of each step (a count kept inside the quantiser
+would be overwritten by DDP's buffer broadcast with rank 0's copy). Before a reset the counts of all processes are
+summed, and every process draws the replacement codes from the same seeded generator, so the codebooks stay
+identical. The statistics themselves are ``models/codebook_stats.py``.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from lerobot_defi.models.codebook_stats import code_counts, codebook_stats
 from lerobot_defi.models.gidm import VectorQuantizer
-
-
-def codebook_perplexity(counts: Tensor) -> float:
-    """``exp(entropy)`` of the code distribution given by ``counts`` (1 = one code, codebook_size = uniform)."""
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    p = counts.double() / total
-    p = p[p > 0]
-    return math.exp(float(-(p * p.log()).sum()))
 
 
 class CodebookMonitor:
@@ -34,7 +25,7 @@ class CodebookMonitor:
 
     def update(self, indices: Tensor) -> None:
         """``indices (B, K)`` of one step on this process (counted on their device: no host sync)."""
-        counts = torch.bincount(indices.detach().flatten(), minlength=len(self.window))
+        counts = code_counts(indices, len(self.window))
         if self.window.device != counts.device:
             self.window, self.since_reset = self.window.to(counts.device), self.since_reset.to(counts.device)
         self.window += counts
@@ -43,11 +34,7 @@ class CodebookMonitor:
     def window_stats(self, window_counts: Tensor | None = None) -> dict[str, float]:
         """Fraction of codes used and perplexity since the last call (pass all-process counts when
         distributed); clears the window."""
-        counts = (self.window if window_counts is None else window_counts).cpu()
-        stats = {
-            "codebook_usage": float((counts > 0).float().mean()),
-            "codebook_perplexity": codebook_perplexity(counts),
-        }
+        stats = codebook_stats((self.window if window_counts is None else window_counts).cpu())
         self.window.zero_()
         return stats
 
@@ -56,15 +43,13 @@ class CodebookMonitor:
     ) -> int:
         """Replace every code unused since the last reset (over all processes when ``total_counts`` is given)
         by a copy of a random used code; clears the counts. Returns the number of codes replaced."""
-        counts = self.since_reset if total_counts is None else total_counts
-        quantizer.usage.copy_(counts.to(quantizer.usage.device))
-        replaced = quantizer.reset_dead_codes(generator)
+        replaced = quantizer.reset_dead_codes(
+            self.since_reset if total_counts is None else total_counts, generator
+        )
         self.since_reset.zero_()
         return replaced
 
-    def state_dict(self) -> dict:
-        return {"window": self.window.cpu().clone(), "since_reset": self.since_reset.cpu().clone()}
-
     def load_state_dict(self, state: dict) -> None:
+        """Restore the counts saved with a checkpoint (``{"window": ..., "since_reset": ...}``)."""
         self.window.copy_(torch.as_tensor(state["window"]))
         self.since_reset.copy_(torch.as_tensor(state["since_reset"]))

@@ -1,10 +1,11 @@
-"""Frame pairs ``(t, t + gap)`` with their instruction from LeRobotDatasets, for GIDM pretraining (spec 3.3).
+"""Frame pairs ``(t, t + gap)`` with their instruction from LeRobotDatasets, for GIDM pretraining
+(docs/method.md §3.3).
 
 Each source dataset is read with LeRobot's own ``delta_timestamps`` mechanism on one camera, so a sample is
 ``frames (2, 3, S, S)`` float in [0, 1] (frame t, frame t + gap), resized to ``S x S`` and augmented with one
 set of random parameters shared by both frames, plus the frame's ``task`` string.
 
-Official behaviour kept as defaults (spec 3.3, 8 item 21):
+Official behaviour kept as defaults (docs/method.md §3.3, §8.21):
 
 * a random gap (``gap_range``) is drawn **once per dataset per run** (``gap_sampling="per_run"``; the draw is
   seeded, so every process of a run and a resumed run get the same gap); ``"per_sample"`` draws it per pair;
@@ -29,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lerobot_defi.pretrain.common import DatasetSourceConfig
+from lerobot_defi.pretrain.sources import DatasetSourceConfig, open_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -315,19 +315,6 @@ class FramePairDataset(Dataset):
             "episode_index": int(item["episode_index"]),
             "frame_index": int(item["frame_index"]),
         }
-
-
-def open_metadata(source: DatasetSourceConfig) -> LeRobotDatasetMetadata:
-    """Metadata of ``source`` with errors that name the dataset (a local ``root`` must hold meta/info.json)."""
-    if source.root is not None and not (Path(source.root) / "meta" / "info.json").is_file():
-        raise FileNotFoundError(
-            f"dataset {source.repo_id}: {source.root} is not a LeRobotDataset folder (no meta/info.json); "
-            "expected the output of a LeRobot converter (meta/, data/, videos/)"
-        )
-    try:
-        return LeRobotDatasetMetadata(source.repo_id, root=source.root)
-    except Exception as err:  # LeRobot's Hub/offline errors do not name the dataset
-        raise RuntimeError(f"could not open dataset {source.repo_id} (root={source.root}): {err}") from err
 
 
 def split_episodes(source: DatasetSourceConfig, total_episodes: int) -> tuple[list[int] | None, list[int]]:

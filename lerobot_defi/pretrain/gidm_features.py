@@ -1,5 +1,5 @@
-"""Frozen inputs of GIDM pretraining (spec 3.1 steps 1-2): DINOv2 patch tokens of each frame and T5 tokens of
-each instruction.
+"""Frozen inputs of GIDM pretraining (docs/method.md §3.1, steps 1–2): DINOv2 patch tokens of each frame and T5
+tokens of each instruction.
 
 * :class:`DinoPatchFeatures`: images ``(B, 3, S, S)`` in [0, 1] -> ImageNet-normalised -> DINOv2 (with or
   without registers, from ``transformers``) -> final-layer-norm patch tokens ``(B, (S / patch)^2, hidden)``

@@ -17,7 +17,6 @@ Standalone use on a saved model (the frozen encoders and image size are read fro
 from __future__ import annotations
 
 import json
-import math
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +26,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lerobot_defi.models.codebook_stats import perplexity
 from lerobot_defi.models.gidm import LatentActionModel
+from lerobot_defi.pretrain.cli import parse_config
+from lerobot_defi.pretrain.gidm_config import GIDM_TRAINING_INFO_FILE
 from lerobot_defi.pretrain.gidm_data import FramePairDataset, FramePairSourceConfig
 from lerobot_defi.pretrain.gidm_features import (
     DinoPatchFeatures,
@@ -138,13 +140,12 @@ def group_by_latent_action(records: list[LatentActionRecord]) -> list[tuple[tupl
 
 def summarize(records: list[LatentActionRecord], codebook_size: int) -> dict:
     """Distinct latent actions, their perplexity, the largest group and per-token code usage."""
-    counts = np.array(list(Counter(r.code for r in records).values()), dtype=np.float64)
-    p = counts / counts.sum()
+    counts = torch.tensor(list(Counter(r.code for r in records).values()))
     tokens = np.array([r.code for r in records])
     return {
         "num_pairs": len(records),
         "distinct_latent_actions": len(counts),
-        "latent_action_perplexity": float(math.exp(-(p * np.log(p)).sum())),
+        "latent_action_perplexity": float(perplexity(counts)),
         "largest_group": int(counts.max()),
         "codes_used_per_token": [len(set(tokens[:, k].tolist())) for k in range(tokens.shape[1])],
         "codebook_size": codebook_size,
@@ -222,23 +223,22 @@ class GIDMInspectConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lerobot_defi.pretrain.common import parse_config
-    from lerobot_defi.pretrain.train_gidm import TRAINING_INFO_FILE
-
     cfg = parse_config(GIDMInspectConfig, argv)
     if not cfg.model_path or not cfg.datasets:
         raise ValueError(
             "give --model_path=<GIDM folder or Hub id> and --datasets='[{repo_id: ..., root: ...}]'"
         )
     model = LatentActionModel.from_pretrained(cfg.model_path)
-    info_file = Path(cfg.model_path) / TRAINING_INFO_FILE
+    info_file = Path(cfg.model_path) / GIDM_TRAINING_INFO_FILE
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     dinov2_path = cfg.dinov2_path or info.get("dinov2_path")
     t5_path = cfg.t5_path or info.get("t5_path")
     dinov2_config = None if cfg.dinov2_path else info.get("dinov2_config")
     t5_config = None if cfg.t5_path else info.get("t5_config")
     if dinov2_path is None and dinov2_config is None:
-        raise ValueError(f"{cfg.model_path} has no {TRAINING_INFO_FILE}: give --dinov2_path and --t5_path")
+        raise ValueError(
+            f"{cfg.model_path} has no {GIDM_TRAINING_INFO_FILE}: give --dinov2_path and --t5_path"
+        )
     dino, t5 = build_frozen_encoders(dinov2_path, dinov2_config, t5_path, t5_config, info.get("seed", 42))
     image_size = cfg.image_size or info.get("image_size", 224)
     datasets = [
