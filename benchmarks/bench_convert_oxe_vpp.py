@@ -16,14 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from lerobot_defi.conversions.oxe import convert_oxe
 from lerobot_defi.conversions.oxe_episodes import plan_conversion, read_oxe_episode
 from lerobot_defi.conversions.rlds_builder import RLDSBuilder
-from lerobot_defi.conversions.rlds_reader import crc32c_python, parse_example, read_record
+from lerobot_defi.conversions.rlds_reader import parse_example, read_record
 from lerobot_defi.conversions.vpp import convert_vpp
-from lerobot_defi.conversions.vpp_source import (
-    find_annotations,
-    plan_vpp_conversion,
-    read_annotation,
-    read_vpp_episode,
-)
+from lerobot_defi.conversions.vpp_episodes import plan_vpp_conversion, read_vpp_episode
+from lerobot_defi.conversions.vpp_format import find_annotations, read_annotation
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -47,16 +43,11 @@ def bench_oxe() -> None:
     start = time.perf_counter()
     steps = sum(len(read_oxe_episode(plan, loc)["task"]) for loc in locations)
     decode_s = time.perf_counter() - start
-    payload = read_record(locations[0])[:1_000_000]
-    start = time.perf_counter()
-    crc32c_python(payload)
-    crc_py = len(payload) / 1e6 / (time.perf_counter() - start)
     print(f"OXE {OXE_DIR.parent.name}: {len(locations)} episodes, {steps} steps, {size_mb:.1f} MB")
     print(f"  framing + CRC-32C + Example parse: {size_mb / parse_s:.0f} MB/s")
     print(
         f"  + JPEG decode + key mapping:        {size_mb / decode_s:.0f} MB/s, {steps / decode_s:.0f} steps/s"
     )
-    print(f"  pure-Python CRC-32C fallback:       {crc_py:.1f} MB/s")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         report = convert_oxe(OXE_DIR, "bench/oxe", root=Path(tmp) / "ds", progress=False)

@@ -9,37 +9,36 @@ Output features:
 
 * ``observation.images.static`` (200x200x3) and ``observation.images.gripper`` (84x84x3) as videos;
 * ``observation.state`` = ``robot_obs`` (15,), ``observation.environment_state`` = ``scene_obs`` (24,);
-* ``action`` = ``rel_actions`` (7,) (``--absolute-actions``: ``actions``, the next TCP pose + gripper);
+* ``action`` = ``rel_actions`` (7,) (``--absolute_actions=true``: ``actions``, the next TCP pose + gripper);
 * ``task`` = the instruction sentence;
 * ``calvin_scene`` (0..3 = scene A..D from ``scene_info.npy``; ``--scene`` for frames it does not cover, else
   -1), ``calvin_split`` (0 training, 1 validation) and ``calvin_frame`` (CALVIN's global frame index), per
   frame; policies ignore these keys;
-* opt-in: ``depth_static`` (200x200) / ``depth_gripper`` (84x84) float32 (``--depth``), ``tactile_rgb``
-  (160x120x6) / ``tactile_depth`` (160x120x2) (``--tactile``, when the release has them).
+* opt-in: ``depth_static`` (200x200) / ``depth_gripper`` (84x84) float32 (``--depth=true``), ``tactile_rgb``
+  (160x120x6) / ``tactile_depth`` (160x120x2) (``--tactile=true``, when the release has them).
 
 Layouts:
 
 * ``windows`` (default; what DeFI trains on): each language-annotated window is one episode carrying its
   instruction. A window ``(start, end)`` covers frames ``start .. end-1`` as CALVIN's annotator writes them
-  (``--window-end inclusive`` adds frame ``end``, as the original training code reads one frame more).
+  (``--window_end=inclusive`` adds frame ``end``, as the original training code reads one frame more).
 * ``play`` (video pretraining): each continuous play segment of ``ep_start_end_ids.npy`` is cut into
-  episodes of at most ``--max-episode-frames`` frames (memory stays flat); every frame carries the instruction
-  of the latest-starting window that contains it, else ``--default-task``.
+  episodes of at most ``--max_episode_frames`` frames (memory stays flat); every frame carries the instruction
+  of the latest-starting window that contains it, else ``--default_task``.
 
 ``meta/calvin_episodes.json`` lists per episode its split, scene, CALVIN frame range and instruction (select
 ABC->D with ``calvin_scene``); ``meta/calvin_statistics/<split>.yaml`` keeps CALVIN's own statistics (LeRobot's
-stats are recomputed from the data). Resume, ``--skip-bad``, parallel reading and ``--push-to-hub`` come from
-``episode_writer``.
+stats are recomputed from the data). Resume, ``--skip_bad=true``, parallel reading and
+``--push_to_hub=true`` come from ``episode_writer``.
 
 Example (the full ABC->D training split)::
 
-    lerobot-defi-convert calvin --raw-dir /data/calvin/task_ABC_D --split training --repo-id me/calvin_abc_windows \\
-        --num-workers 2
+    lerobot-defi-convert calvin --raw_dir=/data/calvin/task_ABC_D --split=training \\
+        --repo_id=me/calvin_abc_windows --num_workers=2
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import heapq
 import io
@@ -52,21 +51,24 @@ from pathlib import Path
 
 import numpy as np
 
+# ISA-L's inflate is ~2.5x faster than zlib's on CALVIN frames; reading competes with video encoding.
+from isal.isal_zlib import decompress as _inflate
+
+from lerobot_defi.command_line import CommandLineError, parse_command_line
+
 from .episode_writer import (
     WRITER_VIDEO_BACKEND,
     ConversionInputError,
+    ConversionOutputConfig,
     EpisodeFrames,
-    add_output_arguments,
+    default_root,
     report_bad_input,
     write_episodes,
 )
 
-try:  # ISA-L's inflate is ~2.5x faster than zlib's on CALVIN frames; reading competes with video encoding
-    from isal.isal_zlib import decompress as _inflate
-except ImportError:  # pragma: no cover - optional speed-up
-    from zlib import decompress as _inflate
-
 SPLITS = ("training", "validation")
+LAYOUTS = ("windows", "play")
+WINDOW_ENDS = ("exclusive", "inclusive")
 SCENES = {"calvin_scene_A": 0, "calvin_scene_B": 1, "calvin_scene_C": 2, "calvin_scene_D": 3}
 SCENE_LETTERS = "ABCD"
 CAMERAS = {
@@ -395,15 +397,13 @@ def convert_calvin(
     progress: bool = True,
 ) -> Path:
     """Convert a CALVIN split (or dataset) folder; returns the LeRobotDataset root. See the module docstring."""
-    from lerobot.utils.constants import HF_LEROBOT_HOME
-
-    if layout not in ("windows", "play"):
+    if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'windows' or 'play', got {layout!r}")
     if scene is not None and scene not in tuple(SCENE_LETTERS):
         raise ValueError(f"scene must be one of {list(SCENE_LETTERS)}, got {scene!r}")
     default_scene = SCENE_LETTERS.index(scene) if scene is not None else -1
     raw_dir = Path(raw_dir)
-    root = Path(root) if root is not None else HF_LEROBOT_HOME / repo_id
+    root = Path(root) if root is not None else default_root(repo_id)
     folders = split_folders(raw_dir, split)
     planned = [
         item
@@ -438,7 +438,7 @@ def convert_calvin(
             listed = ", ".join(f"{k}: {then!r} then, {now!r} now" for k, (then, now) in changed.items())
             raise CalvinFormatError(
                 f"{root} was converted with other options ({listed}); resuming would mix them: use another "
-                "--root or pass --overwrite"
+                "--root or pass --overwrite=true"
             )
     report = write_episodes(
         repo_id=repo_id,
@@ -500,60 +500,65 @@ def _write_calvin_meta(
             shutil.copy(folder / "statistics.yaml", statistics_dir / f"{name}.yaml")
 
 
+@dataclass(kw_only=True)
+class CalvinConvertConfig(ConversionOutputConfig):
+    """lerobot-defi-convert calvin: a CALVIN dataset or split folder -> LeRobotDataset v3 (see the module docstring
+    of lerobot_defi.conversions.calvin). Example:
+    lerobot-defi-convert calvin --raw_dir=/data/calvin/task_ABC_D --split=training --repo_id=me/calvin_abc"""
+
+    # CALVIN dataset folder (with training/ and validation/) or split folder.
+    raw_dir: Path
+    # "windows": one episode per language window (what DeFI trains on); "play": play segments (video pretraining).
+    layout: str = "windows"
+    # Split of a dataset folder: training, validation or all.
+    split: str = "training"
+    # Actions = the next TCP pose + gripper (CALVIN's `actions`) instead of the relative `rel_actions`.
+    absolute_actions: bool = False
+    # Also store depth_static / depth_gripper.
+    depth: bool = False
+    # Also store the tactile arrays.
+    tactile: bool = False
+    # "exclusive": a window (start, end) is frames start .. end-1; "inclusive" adds frame end (original training).
+    window_end: str = "exclusive"
+    # Instruction of play frames outside every window.
+    default_task: str = "play"
+    # Play layout: frames per episode.
+    max_episode_frames: int = 2048
+    # Scene (A, B, C or D) of the frames scene_info.npy does not cover (or when the split has none).
+    scene: str | None = None
+    # Frame rate (default: control_freq of .hydra/merged_config.yaml, else 30).
+    fps: int | None = None
+    # Episodes between checkpoints a killed run resumes from (each starts new data/video files).
+    checkpoint_every: int = 200
+    # Video file size (MB) at which LeRobot starts a new file (it rewrites the current file per episode).
+    video_file_size_mb: int = 20
+    # Reader processes decoding the npz frames while the main process encodes video (0: read in the main process).
+    num_workers: int = 2
+
+    def __post_init__(self):
+        for name, value, allowed in (
+            ("layout", self.layout, LAYOUTS),
+            ("split", self.split, (*SPLITS, "all")),
+            ("window_end", self.window_end, WINDOW_ENDS),
+            ("scene", self.scene, (*SCENE_LETTERS, None)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"--{name} must be one of {list(allowed)}, got {value!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lerobot-defi-convert calvin",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--raw-dir", type=Path, required=True, help="CALVIN dataset folder or split folder")
-    parser.add_argument("--layout", choices=["windows", "play"], default="windows")
-    parser.add_argument("--split", choices=[*SPLITS, "all"], default="training")
-    parser.add_argument("--absolute-actions", action="store_true", help="actions = next TCP pose + gripper")
-    parser.add_argument("--depth", action="store_true", help="also store depth_static / depth_gripper")
-    parser.add_argument("--tactile", action="store_true", help="also store the tactile arrays")
-    parser.add_argument("--window-end", choices=["exclusive", "inclusive"], default="exclusive")
-    parser.add_argument(
-        "--default-task", default="play", help="instruction of play frames outside every window"
-    )
-    parser.add_argument(
-        "--max-episode-frames", type=int, default=2048, help="play layout: frames per episode"
-    )
-    parser.add_argument(
-        "--scene",
-        choices=list(SCENE_LETTERS),
-        default=None,
-        help="scene of the frames scene_info.npy does not cover (or when the split has no scene_info.npy)",
-    )
-    parser.add_argument(
-        "--fps", type=int, default=None, help="default: control_freq of .hydra/merged_config.yaml"
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=200,
-        help="episodes between checkpoints a killed run resumes from (each starts new data/video files)",
-    )
-    parser.add_argument(
-        "--video-file-mb",
-        type=int,
-        default=20,
-        help="video file size at which LeRobot starts a new file (it rewrites the current file per episode)",
-    )
-    add_output_arguments(parser, num_workers=2)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        cfg = parse_command_line(CalvinConvertConfig, argv, prog="lerobot-defi-convert calvin")
         root = convert_calvin(
-            args.raw_dir, args.repo_id, args.root, layout=args.layout, split=args.split,
-            absolute_actions=args.absolute_actions, depth=args.depth, tactile=args.tactile,
-            window_end=args.window_end, default_task=args.default_task, max_episode_frames=args.max_episode_frames,
-            scene=args.scene,
-            max_episodes=args.max_episodes, fps=args.fps, num_workers=args.num_workers, skip_bad=args.skip_bad,
-            overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
-            video_file_size_mb=args.video_file_mb, push_to_hub=args.push_to_hub,
-            private=args.private,
+            cfg.raw_dir, cfg.repo_id, cfg.root, layout=cfg.layout, split=cfg.split,
+            absolute_actions=cfg.absolute_actions, depth=cfg.depth, tactile=cfg.tactile, window_end=cfg.window_end,
+            default_task=cfg.default_task, max_episode_frames=cfg.max_episode_frames, scene=cfg.scene,
+            max_episodes=cfg.max_episodes, fps=cfg.fps, num_workers=cfg.num_workers, skip_bad=cfg.skip_bad,
+            overwrite=cfg.overwrite, checkpoint_every=cfg.checkpoint_every,
+            video_file_size_mb=cfg.video_file_size_mb, push_to_hub=cfg.push_to_hub, private=cfg.private,
         )  # fmt: skip
-    except ConversionInputError as err:
+    except (CommandLineError, ConversionInputError) as err:
         return report_bad_input(err)
     print(f"wrote {root}")
     return 0

@@ -1,4 +1,4 @@
-"""Write source episodes into a LeRobotDataset: parallel reading, progress bar, resume, --skip-bad, Hub push.
+"""Write source episodes into a LeRobotDataset: parallel reading, progress bar, resume, skipping bad input, Hub push.
 
 A converter provides an ordered list of ``(source key, payload)`` items and a picklable ``read_episode``
 function ``payload -> EpisodeFrames`` (per-frame arrays + tasks). Episodes are read by ``num_workers``
@@ -18,7 +18,7 @@ redoes the episodes after it, giving the same episodes, frames and stats as an u
 is complete only when ``conversion_progress.json`` says ``"finalized": true``.
 
 Until then it is visibly incomplete: while a run writes, and after a run that stopped (bad input without
-``--skip-bad``, an error, Ctrl-C, a kill), ``meta/info.json`` carries a ``codebase_version`` that starts with
+``--skip_bad=true``, an error, Ctrl-C, a kill), ``meta/info.json`` carries a ``codebase_version`` that starts with
 ``INCOMPLETE`` and says why, so ``LeRobotDataset(...)`` (and ``lerobot-train``) refuses it with that one line
 instead of loading part of the data as if it were all of it. The progress file then records ``planned`` and
 ``written`` episodes and the ``error``; the next run of the same command continues from the episodes written.
@@ -53,15 +53,22 @@ REWRITTEN_IN_PLACE = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet")
 # refuses to load the dataset, printing it ("Invalid version: 'INCOMPLETE dataset: ...'").
 INCOMPLETE_MARK = "INCOMPLETE dataset"
 WRITING = "a lerobot-defi-convert run is writing it, or was stopped or killed before it finished"
-# Exit status of every lerobot-defi-convert command stopped by bad input (argparse's usage errors are 2 as well).
+# Exit status of every lerobot-defi-convert command stopped by bad input (usage errors are 2 as well).
 BAD_INPUT_EXIT_CODE = 2
 # The writer never decodes video; naming a backend keeps LeRobot from probing torchcodec (a long traceback
 # where FFmpeg's shared libraries are missing).
 WRITER_VIDEO_BACKEND = "pyav"
 
 
+def default_root(repo_id: str) -> Path:
+    """Where LeRobot keeps a dataset by default: ``$HF_LEROBOT_HOME/<repo_id>``."""
+    from lerobot.utils.constants import HF_LEROBOT_HOME
+
+    return Path(HF_LEROBOT_HOME) / repo_id
+
+
 class ConversionInputError(ValueError):
-    """Bad input that stops a conversion (re-run with --skip-bad to skip such episodes)."""
+    """Bad input that stops a conversion (re-run with --skip_bad=true to skip such episodes)."""
 
 
 def report_bad_input(error: BaseException) -> int:
@@ -221,7 +228,7 @@ def _roll_back_to_checkpoint(root: Path, progress: dict) -> dict | None:
         raise ConversionInputError(
             f"{root}: cannot roll back to the last checkpoint ({len(damaged)} of its files changed or are missing, "
             f"e.g. {damaged[:3]}; snapshot {snapshot} {'present' if snapshot.is_dir() else 'missing'}); delete the "
-            "folder or pass --overwrite"
+            "folder or pass --overwrite=true"
         )
     for relative in present:
         if relative not in checkpoint["files"]:
@@ -290,19 +297,27 @@ def _read_ahead(
                 window.append((following[0], pool.submit(read_episode, following[1])))
 
 
-def add_output_arguments(parser, *, num_workers: int = 0) -> None:
-    """The command-line flags every converter shares: output (``--repo-id``, ``--root``), how much to convert
-    (``--max-episodes``), reading (``--num-workers``), bad input (``--skip-bad``), ``--overwrite`` and the Hub."""
-    parser.add_argument("--repo-id", required=True, help="LeRobot repo id of the output (e.g. me/calvin_abc)")
-    parser.add_argument("--root", help="output folder (default: $HF_LEROBOT_HOME/<repo-id>)")
-    parser.add_argument("--max-episodes", type=int, help="convert only the first N episodes (quick look)")
-    parser.add_argument(
-        "--num-workers", type=int, default=num_workers, help="reader processes (0: read in the main process)"
-    )
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable episodes and list them")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
-    parser.add_argument("--push-to-hub", action="store_true", help="upload the dataset to the Hub when done")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+@dataclass(kw_only=True)
+class ConversionOutputConfig:
+    """The options every ``lerobot-defi-convert`` command shares: the output dataset, how much to convert, reading,
+    bad input, overwriting and the Hub (a converter's config adds its own fields)."""
+
+    # LeRobot repo id of the output dataset (e.g. me/calvin_abc).
+    repo_id: str
+    # Output folder (default: $HF_LEROBOT_HOME/<repo_id>).
+    root: Path | None = None
+    # Convert only the first N episodes (a quick look; the same command without it resumes).
+    max_episodes: int | None = None
+    # Reader processes (0: read in the main process).
+    num_workers: int = 0
+    # Skip unreadable episodes and list them, instead of stopping.
+    skip_bad: bool = False
+    # Delete an existing output folder first.
+    overwrite: bool = False
+    # Upload the dataset to the Hub when done.
+    push_to_hub: bool = False
+    # With push_to_hub: create a private repo.
+    private: bool = False
 
 
 def write_episodes(
@@ -360,7 +375,7 @@ def write_episodes(
         if contents != ["meta", "meta/info.json"]:
             raise ConversionInputError(
                 f"{root} exists and was not written by this converter (no {PROGRESS_FILE}); choose another "
-                "--root or pass --overwrite"
+                "--root or pass --overwrite=true"
             )
     if progress_state is not None and not progress_state.get("finalized", False):
         progress_state = _roll_back_to_checkpoint(root, progress_state)
@@ -405,14 +420,14 @@ def write_episodes(
         if info.total_episodes != len(progress_state["episodes"]):
             raise ConversionInputError(
                 f"{root}: {PROGRESS_FILE} lists {len(progress_state['episodes'])} episodes but the dataset has "
-                f"{info.total_episodes}; delete the folder or pass --overwrite"
+                f"{info.total_episodes}; delete the folder or pass --overwrite=true"
             )
         expected = {k: tuple(v["shape"]) for k, v in features.items()}
         present = {k: tuple(info.features[k]["shape"]) for k in features if k in info.features}
         if present != expected or info.fps != fps:
             raise ConversionInputError(
                 f"{root}: the existing dataset (fps {info.fps}, features {present}) does not match this "
-                f"run (fps {fps}, features {expected}); use another --root or --overwrite"
+                f"run (fps {fps}, features {expected}); use another --root or --overwrite=true"
             )
         dataset = open_dataset()
         progress_state["finalized"] = False
@@ -497,7 +512,7 @@ def write_episodes(
         key, err = stopped_by
         raise ConversionInputError(
             f"{err} [source episode {key}]; {written} of {planned} episodes written, {root} is marked incomplete: "
-            "fix the input and run the same command again, or add --skip-bad to skip such episodes"
+            "fix the input and run the same command again, or add --skip_bad=true to skip such episodes"
         ) from err
     report.bad.update({k: v for k, v in progress_state["bad"].items() if k not in report.bad})
     report.total_episodes = dataset.meta.total_episodes

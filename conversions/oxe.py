@@ -5,25 +5,28 @@ Reads ``<dataset>/<version>/`` (``dataset_info.json``, ``features.json``, TFReco
 keys of ``oxe_episodes`` (``observation.images.primary`` / ``.wrist`` videos, ``observation.state``,
 ``action``, per-frame ``task``) at the dataset's control frequency from the ``oxe_datasets`` table.
 Episodes without a language instruction are skipped (GIDM pretraining needs one, spec 3.3) unless
-``--keep-unlabeled``.
+``--keep_unlabeled=true``.
 
 Example::
 
-    lerobot-defi-convert oxe --raw-dir /data/oxe/fractal20220817_data/0.1.0 --repo-id me/fractal --num-workers 4
+    lerobot-defi-convert oxe --raw_dir=/data/oxe/fractal20220817_data/0.1.0 --repo_id=me/fractal --num_workers=4
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from lerobot_defi.command_line import CommandLineError, parse_command_line
 
 from .episode_writer import (
     ConversionInputError,
+    ConversionOutputConfig,
     ConversionReport,
     EpisodeFrames,
-    add_output_arguments,
+    default_root,
     report_bad_input,
     write_episodes,
 )
@@ -37,12 +40,6 @@ BAD_INPUT_ERRORS = (RLDSFormatError, TFRecordError, ExampleDecodeError, ValueErr
 
 def _read(plan: OXEPlan, location: RecordLocation) -> EpisodeFrames:
     return EpisodeFrames(read_oxe_episode(plan, location))
-
-
-def _default_root(repo_id: str) -> Path:
-    from lerobot.utils.constants import HF_LEROBOT_HOME
-
-    return Path(HF_LEROBOT_HOME) / repo_id
 
 
 def convert_oxe(
@@ -84,7 +81,7 @@ def convert_oxe(
             if not skip_bad:
                 raise ConversionInputError(
                     f"{err}; this run wrote nothing: fix the shard and run the same command again, or add "
-                    "--skip-bad to skip this shard"
+                    "--skip_bad=true to skip this shard"
                 ) from err
             bad_shards[shard.name] = str(err)
             continue
@@ -93,7 +90,7 @@ def convert_oxe(
         items = items[:max_episodes]
     report = write_episodes(
         repo_id=repo_id,
-        root=root if root is not None else _default_root(repo_id),
+        root=root if root is not None else default_root(repo_id),
         fps=plan.fps,
         features=plan.features(),
         items=items,
@@ -112,48 +109,53 @@ def convert_oxe(
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lerobot-defi-convert oxe",
-        description="Open X-Embodiment RLDS builder directory (<dataset>/<version>/) -> LeRobotDataset v3. "
-        "No TensorFlow needed.",
-    )
-    parser.add_argument(
-        "--raw-dir", required=True, help="builder dir with dataset_info.json, features.json, shards"
-    )
-    parser.add_argument("--split", default="train", help="RLDS split to convert (default: train)")
-    parser.add_argument(
-        "--dataset-name", help="table row to use when the folder name is not the dataset's name"
-    )
-    parser.add_argument("--fps", type=int, help="override the table's control frequency")
-    parser.add_argument(
-        "--keep-unlabeled", action="store_true", help="keep episodes without language (task '')"
-    )
-    parser.add_argument("--no-crc-check", action="store_true", help="do not verify TFRecord CRCs (faster)")
-    add_output_arguments(parser)
-    return parser
+@dataclass(kw_only=True)
+class OXEConvertConfig(ConversionOutputConfig):
+    """lerobot-defi-convert oxe: an Open X-Embodiment RLDS builder directory (<dataset>/<version>/) ->
+    LeRobotDataset v3, without TensorFlow. Example:
+    lerobot-defi-convert oxe --raw_dir=/data/oxe/fractal20220817_data/0.1.0 --repo_id=me/fractal --num_workers=4"""
+
+    # Builder directory with dataset_info.json, features.json and the TFRecord shards.
+    raw_dir: Path
+    # RLDS split to convert.
+    split: str = "train"
+    # Row of the dataset table to use when the folder's name is not the dataset's name.
+    dataset_name: str | None = None
+    # Frame rate (default: the dataset's control frequency from the table).
+    fps: int | None = None
+    # Keep episodes without a language instruction (task '').
+    keep_unlabeled: bool = False
+    # Verify the TFRecord CRCs (false: faster).
+    verify_crc: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        cfg = parse_command_line(OXEConvertConfig, argv, prog="lerobot-defi-convert oxe")
         report = convert_oxe(
-            args.raw_dir,
-            args.repo_id,
-            root=args.root,
-            split=args.split,
-            dataset_name=args.dataset_name,
-            fps=args.fps,
-            max_episodes=args.max_episodes,
-            num_workers=args.num_workers,
-            skip_bad=args.skip_bad,
-            keep_unlabeled=args.keep_unlabeled,
-            verify_crc=not args.no_crc_check,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
+            cfg.raw_dir,
+            cfg.repo_id,
+            root=cfg.root,
+            split=cfg.split,
+            dataset_name=cfg.dataset_name,
+            fps=cfg.fps,
+            max_episodes=cfg.max_episodes,
+            num_workers=cfg.num_workers,
+            skip_bad=cfg.skip_bad,
+            keep_unlabeled=cfg.keep_unlabeled,
+            verify_crc=cfg.verify_crc,
+            overwrite=cfg.overwrite,
+            push_to_hub=cfg.push_to_hub,
+            private=cfg.private,
         )
-    except (ConversionInputError, RLDSFormatError, TFRecordError, UnknownOXEDatasetError) as err:
+    except (
+        CommandLineError,
+        ConversionInputError,
+        RLDSFormatError,
+        TFRecordError,
+        UnknownOXEDatasetError,
+    ) as err:
         return report_bad_input(err)
     print(report.summary())
     return 0

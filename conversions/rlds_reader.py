@@ -15,8 +15,7 @@ Each record of an RLDS / TFDS dataset is a serialized ``tf.train.Example`` proto
 
 This module decodes both from the wire format directly (NumPy for the packed numeric lists), so a
 converter can stream episodes from Open X-Embodiment shards without installing TensorFlow. CRCs are
-checked with ``google-crc32c`` (C implementation) when it is installed, else with a table-driven
-pure-Python CRC-32C that is correct but slow (about 10 MB/s against GB/s); checks can be switched off.
+checked with ``google-crc32c`` (a C implementation, a required dependency); checks can be switched off.
 """
 
 from __future__ import annotations
@@ -26,12 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
-
-try:  # C-accelerated CRC-32C (Castagnoli); optional.
-    import google_crc32c as _google_crc32c
-except ImportError:  # pragma: no cover - exercised only where the package is absent
-    _google_crc32c = None
 
 _CRC_MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")  # length, masked crc of length
@@ -47,33 +42,9 @@ class ExampleDecodeError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- CRC-32C
-def _make_crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC32C_TABLE = _make_crc32c_table()
-
-
-def crc32c_python(data: bytes) -> int:
-    """CRC-32C of ``data`` in pure Python (reference implementation / fallback)."""
-    crc = 0xFFFFFFFF
-    table = _CRC32C_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
 def crc32c(data: bytes) -> int:
-    """CRC-32C of ``data`` (C implementation when ``google-crc32c`` is installed)."""
-    if _google_crc32c is not None:
-        return _google_crc32c.value(bytes(data))
-    return crc32c_python(data)
+    """CRC-32C (Castagnoli) of ``data``."""
+    return google_crc32c.value(bytes(data))
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -155,17 +126,6 @@ def iter_tfrecord(path: str | Path, verify_crc: bool = True) -> Iterator[bytes]:
     """Yield the payload of every record of a TFRecord file, in order."""
     for location in index_tfrecord(path):
         yield read_record(location, verify_crc=verify_crc)
-
-
-def write_tfrecord(path: str | Path, records: list[bytes]) -> None:
-    """Write ``records`` as a TFRecord file (used to cut small slices of real shards and by tests)."""
-    with open(path, "wb") as f:
-        for data in records:
-            length = struct.pack("<Q", len(data))
-            f.write(length)
-            f.write(struct.pack("<I", masked_crc32c(length)))
-            f.write(data)
-            f.write(struct.pack("<I", masked_crc32c(data)))
 
 
 # ------------------------------------------------------------------------------------- protobuf wire format

@@ -4,7 +4,7 @@ Forward (``convert_vpp``): one LeRobot episode per annotation JSON of a VPP data
 ``rt1``, ``sthv2``, ``calvin``, ...), with
 
 * ``observation.images.<camera>`` for every camera of the annotation (``rgb`` from ``rgb.mp4``, else
-  ``camera<k>``; see ``vpp_source``), resized to ``image_size`` (default 256x256, the GFDM's input and the
+  ``camera<k>``; see ``vpp_format``), resized to ``image_size`` (default 256x256, the GFDM's input and the
   size VPP's latents were computed at; ``None`` keeps the native size);
 * ``task`` = ``texts[0]``; ``action`` / ``observation.state`` when the annotation has them (an ``n - 1``
   action list gets its last action repeated for the final frame);
@@ -19,13 +19,12 @@ Reverse (``export_vpp``, command ``lerobot-defi-convert vpp export``): LeRobotDa
 
 Examples::
 
-    lerobot-defi-convert vpp --raw-dir /data/vpp/bridge --repo-id me/vpp_bridge --export-latents
-    lerobot-defi-convert vpp export --repo-id me/calvin_abc --output-dir /data/vpp/calvin --split train
+    lerobot-defi-convert vpp --raw_dir=/data/vpp/bridge --repo_id=me/vpp_bridge --export_latents=true
+    lerobot-defi-convert vpp export --repo_id=me/calvin_abc --output_dir=/data/vpp/calvin --split=train
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import shutil
@@ -33,23 +32,27 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lerobot_defi.command_line import CommandLineError, parse_command_line
+
 from .episode_writer import (
     WRITER_VIDEO_BACKEND,
     ConversionInputError,
+    ConversionOutputConfig,
     ConversionReport,
     EpisodeFrames,
-    add_output_arguments,
+    default_root,
     report_bad_input,
     write_episodes,
 )
-from .vpp_export import VPPExportReport, export_vpp, latent_sidecar_path
-from .vpp_source import (
+from .vpp_episodes import VPPPlan, plan_vpp_conversion, read_vpp_episode
+from .vpp_export import VPPExportReport, export_vpp
+from .vpp_format import (
+    LATENT_SIDECAR_DIR,
     VPPFormatError,
-    VPPPlan,
+    check_latent,
     find_annotations,
-    plan_vpp_conversion,
+    latent_sidecar_path,
     read_annotation,
-    read_vpp_episode,
 )
 
 __all__ = ["VPPConversionReport", "VPPExportReport", "convert_vpp", "export_vpp", "main"]
@@ -67,7 +70,9 @@ class VPPConversionReport(ConversionReport):
     def summary(self) -> str:
         lines = [super().summary()]
         if self.exported_latents:
-            lines.append(f"  {self.exported_latents} latent file(s) copied to {self.root / 'vpp_latents'}")
+            lines.append(
+                f"  {self.exported_latents} latent file(s) copied to {self.root / LATENT_SIDECAR_DIR}"
+            )
         if self.missing_latents:
             lines.append(f"  {len(self.missing_latents)} latent file(s) missing or unusable (not fatal):")
             lines += [f"    {path}: {why}" for path, why in list(self.missing_latents.items())[:20]]
@@ -84,21 +89,6 @@ def _read(plan: VPPPlan, payload: tuple[str, str]) -> EpisodeFrames:
         for k, camera in enumerate(annotation.camera_names)
     ]  # fmt: skip
     return EpisodeFrames(frames, extra={"latents": latents, "num_frames": annotation.num_frames})
-
-
-def _check_latent(path: Path, num_frames: int) -> str | None:
-    """Why the latent file cannot be used (None when it is a float tensor (num_frames, 4, h, w))."""
-    import torch
-
-    try:
-        latent = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for unreadable files
-        return f"cannot be loaded ({type(err).__name__}: {err})"
-    if not isinstance(latent, torch.Tensor) or latent.ndim != 4 or not latent.is_floating_point():
-        return f"expected a float tensor (T, 4, h, w), got {getattr(latent, 'shape', type(latent).__name__)}"
-    if latent.shape[0] != num_frames:
-        return f"has {latent.shape[0]} frames, the annotation has {num_frames}"
-    return None
 
 
 def convert_vpp(
@@ -142,13 +132,13 @@ def convert_vpp(
             if not skip_bad:
                 raise ConversionInputError(
                     f"{err} [source episode {key}]; this run wrote nothing: fix the input and run the same "
-                    "command again, or add --skip-bad to skip such episodes"
+                    "command again, or add --skip_bad=true to skip such episodes"
                 ) from err
             logger.warning("skipping %s: %s", key, err)
             bad_at_plan[key] = str(err)
     if plan is None:
         raise ConversionInputError(f"{raw_dir}: no readable annotation among {len(found)}")
-    root = Path(root) if root is not None else _default_root(repo_id)
+    root = Path(root) if root is not None else default_root(repo_id)
     missing: dict[str, str] = {}
     exported = 0
 
@@ -158,7 +148,7 @@ def convert_vpp(
             if path is None:
                 missing[f"{key}: {declared or 'no latent_videos entry'}"] = "file not found"
                 continue
-            problem = _check_latent(path, episode.extra["num_frames"])
+            problem = check_latent(path, episode.extra["num_frames"])
             if problem is not None:
                 missing[str(path)] = problem
             elif export_latents:
@@ -195,98 +185,82 @@ def convert_vpp(
     return report
 
 
-def _default_root(repo_id: str) -> Path:
-    from lerobot.utils.constants import HF_LEROBOT_HOME
+@dataclass(kw_only=True)
+class VPPConvertConfig(ConversionOutputConfig):
+    """lerobot-defi-convert vpp: a VPP dataset folder (annotation/<split>/*.json + videos) -> LeRobotDataset v3.
+    The reverse direction: lerobot-defi-convert vpp export --help. Example:
+    lerobot-defi-convert vpp --raw_dir=/data/vpp/bridge --repo_id=me/vpp_bridge --export_latents=true"""
 
-    return Path(HF_LEROBOT_HOME) / repo_id
+    # VPP dataset folder, e.g. /data/vpp/bridge.
+    raw_dir: Path
+    # Annotation splits to convert, e.g. '[train,val]' (default: all).
+    splits: list[str] | None = None
+    # (height, width) every camera is resized to, e.g. '[256,256]'; null keeps the videos' native size.
+    image_size: tuple[int, int] | None = (256, 256)
+    # Frame rate of the dataset (default: the first video's).
+    fps: int | None = None
+    # Copy the SVD latents to <root>/vpp_latents (where the GFDM trainer reads them).
+    export_latents: bool = False
 
 
-def _image_size(values: list[str]) -> tuple[int, int] | None:
-    if values == ["native"]:
-        return None
-    if len(values) == 1:
-        return int(values[0]), int(values[0])
-    if len(values) == 2:
-        return int(values[0]), int(values[1])
-    raise argparse.ArgumentTypeError("--image-size takes H W, one size for square frames, or 'native'")
+@dataclass(kw_only=True)
+class VPPExportConfig:
+    """lerobot-defi-convert vpp export: LeRobotDataset -> VPP layout (annotation/<split>/<i>.json,
+    videos/<split>/<i>/<camera>.mp4, latent_videos/ when the dataset carries vpp_latents/). Example:
+    lerobot-defi-convert vpp export --repo_id=me/calvin_abc --output_dir=/data/vpp/calvin --split=train"""
+
+    # LeRobot dataset repo id.
+    repo_id: str
+    # Local dataset folder (default: the LeRobot cache / Hub).
+    root: Path | None = None
+    # VPP dataset folder to write.
+    output_dir: Path
+    # Split folder name to write.
+    split: str = "train"
+    # Camera keys or names in VPP camera order, e.g. '[static,gripper]' (default: all).
+    cameras: list[str] | None = None
+    # Export only the first N episodes.
+    max_episodes: int | None = None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lerobot-defi-convert vpp",
-        description="VPP dataset folder (annotation/<split>/*.json + videos) -> LeRobotDataset v3. "
-        "Reverse direction: 'lerobot-defi-convert vpp export --help'.",
+def export_main(argv: list[str]) -> int:
+    try:
+        cfg = parse_command_line(VPPExportConfig, argv, prog="lerobot-defi-convert vpp export")
+        report = export_vpp(
+            cfg.repo_id, cfg.output_dir, root=cfg.root, split=cfg.split, cameras=cfg.cameras,
+            max_episodes=cfg.max_episodes,
+        )  # fmt: skip
+    except (CommandLineError, ValueError, FileNotFoundError) as err:
+        return report_bad_input(err)
+    print(
+        f"{report.output_dir}: {len(report.written)} episodes written, {len(report.skipped_existing)} already "
+        f"there, {len(report.missing_latents)} latent file(s) not available"
     )
-    parser.add_argument("--raw-dir", required=True, help="VPP dataset folder, e.g. /data/vpp/bridge")
-    parser.add_argument("--splits", nargs="+", help="annotation splits to convert (default: all)")
-    parser.add_argument(
-        "--image-size", nargs="+", default=["256", "256"], metavar="H W",
-        help="resize frames to H W (default 256 256); 'native' keeps the video size",
-    )  # fmt: skip
-    parser.add_argument("--fps", type=int, help="frame rate of the dataset (default: the first video's)")
-    parser.add_argument(
-        "--export-latents", action="store_true", help="copy SVD latents to <root>/vpp_latents"
-    )
-    add_output_arguments(parser)
-    return parser
-
-
-def build_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lerobot-defi-convert vpp export",
-        description="LeRobotDataset -> VPP layout (annotation/<split>/<i>.json, videos/<split>/<i>/<camera>.mp4, "
-        "latent_videos/ when the dataset carries vpp_latents/).",
-    )
-    parser.add_argument("--repo-id", required=True, help="LeRobot dataset repo id")
-    parser.add_argument("--root", help="local dataset folder (default: the LeRobot cache / Hub)")
-    parser.add_argument("--output-dir", required=True, help="VPP dataset folder to write")
-    parser.add_argument("--split", default="train", help="split folder name to write (default: train)")
-    parser.add_argument(
-        "--cameras", nargs="+", help="camera keys or names, in VPP camera order (default: all)"
-    )
-    parser.add_argument("--max-episodes", type=int, help="export only the first N episodes")
-    return parser
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
-        args = build_export_parser().parse_args(argv[1:])
-        try:
-            report = export_vpp(
-                args.repo_id, args.output_dir, root=args.root, split=args.split, cameras=args.cameras,
-                max_episodes=args.max_episodes,
-            )  # fmt: skip
-        except (ValueError, FileNotFoundError) as err:
-            return report_bad_input(err)
-        print(
-            f"{report.output_dir}: {len(report.written)} episodes written, {len(report.skipped_existing)} already "
-            f"there, {len(report.missing_latents)} latent file(s) not available"
-        )
-        return 0
-    parser = build_parser()
-    args = parser.parse_args(argv)
+        return export_main(argv[1:])
     try:
-        image_size = _image_size(args.image_size)
-    except (argparse.ArgumentTypeError, ValueError) as err:
-        parser.error(str(err))
-    try:
+        cfg = parse_command_line(VPPConvertConfig, argv, prog="lerobot-defi-convert vpp")
         report = convert_vpp(
-            args.raw_dir,
-            args.repo_id,
-            root=args.root,
-            splits=args.splits,
-            image_size=image_size,
-            fps=args.fps,
-            export_latents=args.export_latents,
-            max_episodes=args.max_episodes,
-            num_workers=args.num_workers,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-            push_to_hub=args.push_to_hub,
-            private=args.private,
+            cfg.raw_dir,
+            cfg.repo_id,
+            root=cfg.root,
+            splits=cfg.splits,
+            image_size=cfg.image_size,
+            fps=cfg.fps,
+            export_latents=cfg.export_latents,
+            max_episodes=cfg.max_episodes,
+            num_workers=cfg.num_workers,
+            skip_bad=cfg.skip_bad,
+            overwrite=cfg.overwrite,
+            push_to_hub=cfg.push_to_hub,
+            private=cfg.private,
         )
-    except (ConversionInputError, VPPFormatError) as err:
+    except (CommandLineError, ConversionInputError, VPPFormatError) as err:
         return report_bad_input(err)
     print(report.summary())
     return 0

@@ -1,6 +1,6 @@
 """LeRobotDataset -> VPP layout, so VPP's and DeFI's original tools can read our data.
 
-For each episode ``i`` of the dataset, under ``output_dir``::
+For each episode ``i`` of the dataset, under ``output_dir`` (the layout of ``vpp_format``)::
 
     annotation/<split>/<i>.json            texts, videos, latent_videos (when exported), action, state,
                                            video_length, episode_id, task
@@ -15,27 +15,28 @@ and atomically, so a re-run skips finished episodes and an interrupted one never
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from tqdm import tqdm
 
+from lerobot_defi.video_writer import DEFAULT_CODEC, write_video
+
+from .vpp_format import (
+    VPP_TASK_TAG,
+    annotation_path,
+    camera_key,
+    camera_short_name,
+    latent_relpath,
+    latent_sidecar_path,
+    video_relpath,
+    write_annotation,
+)
+
 logger = logging.getLogger(__name__)
-
-CAMERA_PREFIX = "observation.images."
-LATENTS_DIR = "vpp_latents"
-VPP_TASK_TAG = "robot_trajectory_prediction"  # the constant 'task' field of VPP's annotation files
-
-
-def latent_sidecar_path(dataset_root: str | Path, camera: str, episode_index: int) -> Path:
-    """Where ``convert_vpp`` keeps the SVD latent of ``camera`` (short name) for ``episode_index``."""
-    return Path(dataset_root) / LATENTS_DIR / camera / f"episode_{episode_index:06d}.pt"
 
 
 @dataclass
@@ -46,35 +47,6 @@ class VPPExportReport:
     written: list[int] = field(default_factory=list)
     skipped_existing: list[int] = field(default_factory=list)
     missing_latents: list[str] = field(default_factory=list)
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int, codec: str = "libx264") -> None:
-    """Encode ``(T, H, W, 3)`` uint8 RGB frames as an mp4 (yuv420p; H and W must be even for libx264)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial.mp4")
-    previous_level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # keep the encoder's statistics off the console
-    try:
-        _encode(tmp, frames, fps, codec)
-    finally:
-        av.logging.set_level(previous_level)
-    os.replace(tmp, path)
-
-
-def _encode(path: Path, frames: np.ndarray, fps: int, codec: str) -> None:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18"}
-        for image in frames:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            ):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _episode_frames(dataset, episode_index: int, video_key: str) -> np.ndarray:
@@ -100,7 +72,7 @@ def export_vpp(
     cameras: list[str] | None = None,
     episodes: list[int] | None = None,
     max_episodes: int | None = None,
-    codec: str = "libx264",
+    codec: str = DEFAULT_CODEC,
     progress: bool = True,
 ) -> VPPExportReport:
     """Write a LeRobotDataset (``repo_id`` at ``root``) in the VPP layout under ``output_dir``.
@@ -114,7 +86,7 @@ def export_vpp(
     meta = dataset.meta
     video_keys = list(meta.video_keys)
     if cameras:
-        wanted = [c if c.startswith(CAMERA_PREFIX) else CAMERA_PREFIX + c for c in cameras]
+        wanted = [camera_key(c) for c in cameras]
         unknown = [c for c in wanted if c not in video_keys]
         if unknown:
             raise ValueError(f"{dataset.root}: no video feature {unknown}; the dataset has {video_keys}")
@@ -131,7 +103,7 @@ def export_vpp(
     has_action = "action" in meta.features
 
     for episode_index in tqdm(indices, desc="export VPP", unit="episode", disable=not progress):
-        json_path = output_dir / "annotation" / split / f"{episode_index}.json"
+        json_path = annotation_path(output_dir, split, episode_index)
         if json_path.is_file():
             report.skipped_existing.append(episode_index)
             continue
@@ -143,17 +115,18 @@ def export_vpp(
         annotation["texts"] = texts
         annotation["videos"] = []
         for key in video_keys:
-            camera = key.removeprefix(CAMERA_PREFIX)
-            relative = f"videos/{split}/{episode_index}/{camera}.mp4"
-            write_mp4(output_dir / relative, _episode_frames(dataset, episode_index, key), meta.fps, codec)
+            relative = video_relpath(split, episode_index, camera_short_name(key))
+            write_video(
+                output_dir / relative, _episode_frames(dataset, episode_index, key), meta.fps, codec=codec
+            )
             annotation["videos"].append({"video_path": relative})
         latents = []
         for k, key in enumerate(video_keys):
-            source = latent_sidecar_path(dataset.root, key.removeprefix(CAMERA_PREFIX), episode_index)
+            source = latent_sidecar_path(dataset.root, key, episode_index)
             if not source.is_file():
                 report.missing_latents.append(str(source))
                 continue
-            relative = f"latent_videos/{split}/{episode_index}/{k}.pt"
+            relative = latent_relpath(split, episode_index, k)
             (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, output_dir / relative)
             latents.append({"latent_video_path": relative})
@@ -167,10 +140,7 @@ def export_vpp(
             )
         annotation["video_length"] = length
         annotation["episode_id"] = str(episode_index)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_suffix(".json.partial")
-        tmp.write_text(json.dumps(annotation))
-        os.replace(tmp, json_path)
+        write_annotation(json_path, annotation)
         report.written.append(episode_index)
     if report.missing_latents:
         logger.info(

@@ -6,10 +6,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
-from defi_test_utils import CALVIN_SLICE
+from defi_test_utils import CALVIN_SLICE, TESTS_DIR
 
 import lerobot_policy_defi  # noqa: F401  (registers the defi policy type and its processor steps)
 
@@ -40,3 +42,24 @@ def calvin_slice() -> Path:
     if not CALVIN_SLICE.is_dir():
         pytest.fail(f"the CALVIN test slice is missing: {CALVIN_SLICE}")
     return CALVIN_SLICE
+
+
+@pytest.fixture
+def broken_bridge(tmp_path):
+    """A writable copy of the bridge slice plus a helper that rewrites annotation 10."""
+    root = tmp_path / "bridge"
+    shutil.copytree(TESTS_DIR / "data" / "vpp_slice" / "bridge", root)
+    (root / "videos" / "val" / "10" / "state.npy").unlink()  # else it stands in for a missing 'state'
+    json_path = root / "annotation" / "val" / "10.json"
+
+    def rewrite(**changes):
+        data = json.loads(json_path.read_text())
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        json_path.write_text(json.dumps(data))
+        return json_path
+
+    return root, rewrite

@@ -15,11 +15,45 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
-from lerobot_defi.conversions.rlds_reader import write_tfrecord
+from lerobot_defi.conversions.rlds_reader import masked_crc32c
 from PIL import Image
+
+
+def write_tfrecord(path: str | Path, records: list[bytes]) -> None:
+    """Write ``records`` as a TFRecord file: ``uint64 length | masked crc32c(length) | data | masked crc32c(data)``."""
+    with open(path, "wb") as f:
+        for data in records:
+            length = struct.pack("<Q", len(data))
+            f.write(length)
+            f.write(struct.pack("<I", masked_crc32c(length)))
+            f.write(data)
+            f.write(struct.pack("<I", masked_crc32c(data)))
+
+
+def _make_crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _make_crc32c_table()
+
+
+def crc32c_python(data: bytes) -> int:
+    """CRC-32C of ``data`` in pure Python: an independent reference for the library's C implementation."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
 
 # key, TFDS class, shape, dtype  (transcribed from the TFDS catalog entry of fractal20220817_data 0.1.0)
 FRACTAL_CATALOG: list[tuple[str, str, tuple[int, ...], str]] = [

@@ -21,7 +21,7 @@ from lerobot.configs import PreTrainedConfig
 
 from lerobot_defi.envs import calvin_benchmark
 from lerobot_defi.envs.calvin import CalvinEnv
-from lerobot_defi.envs.calvin_benchmark import main, normalize_option_names, run_sequence
+from lerobot_defi.envs.calvin_benchmark import main, run_sequence
 from lerobot_defi.envs.calvin_metrics import (
     average_length,
     chain_success_rates,
@@ -75,13 +75,11 @@ def test_per_task_success_counts_only_attempted_tasks():
     assert "Average length: 2.333" in format_summary(summary)
 
 
-def test_option_names_accept_dashes():
-    assert normalize_option_names(["--num-sequences", "5", "--ep-len=720", "--policy.path=a-b/c-d"]) == [
-        "--num_sequences",
-        "5",
-        "--ep_len=720",
-        "--policy.path=a-b/c-d",
-    ]
+def test_options_are_written_as_lerobot_writes_them(capsys):
+    """One dialect for every command: LeRobot's draccus options (``--num_sequences=5``); dashes are refused."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--num-sequences", "5"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --num-sequences" in capsys.readouterr().err
 
 
 # ---- one sequence ----------------------------------------------------------------------------------------
@@ -134,11 +132,10 @@ def recorded_sequences_file(tmp_path_factory) -> Path:
 def cli(policy: Path, sequences: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         f"--policy.path={policy}",
-        f"--sequences-file={sequences}",
-        f"--simulator-factory={LENIENT}",
-        "--ep-len",
-        str(EP_LEN),
-        f"--output-dir={output_dir}",
+        f"--sequences_file={sequences}",
+        f"--simulator_factory={LENIENT}",
+        f"--ep_len={EP_LEN}",
+        f"--output_dir={output_dir}",
         *extra,
     ]
 
@@ -150,7 +147,7 @@ def read_lines(path: Path) -> list[dict]:
 @pytest.mark.slow
 def test_cli_reports_the_benchmark_metrics(random_act, recorded_sequences_file, tmp_path):
     out = tmp_path / "eval"
-    main(cli(random_act, recorded_sequences_file, out, "--num-sequences", "3", "--video-sequences=[2]"))
+    main(cli(random_act, recorded_sequences_file, out, "--num_sequences=3", "--video_sequences=[2]"))
     results = json.loads((out / "results.json").read_text())
     # The playback follows the recordings whatever the policy does: 4, 3 and 3 tasks in a row.
     assert [r["completed"] for r in read_lines(out / "sequences.jsonl")] == [4, 3, 3]
@@ -172,14 +169,14 @@ def test_cli_resumes_a_partial_run_and_refuses_mismatches(
     random_act, recorded_sequences_file, tmp_path, capsys
 ):
     out = tmp_path / "eval"
-    main(cli(random_act, recorded_sequences_file, out, "--num-sequences", "1"))
+    main(cli(random_act, recorded_sequences_file, out, "--num_sequences=1"))
     first = read_lines(out / "sequences.jsonl")
     with pytest.raises(SystemExit) as exit_info:  # an existing run is never overwritten silently
-        main(cli(random_act, recorded_sequences_file, out, "--num-sequences", "2"))
+        main(cli(random_act, recorded_sequences_file, out, "--num_sequences=2"))
     assert exit_info.value.code == 2 and "--resume=true" in capsys.readouterr().err
     with open(out / "sequences.jsonl", "a") as f:  # a run killed while writing leaves a partial line
         f.write('{"index": 1, "tasks"')
-    main(cli(random_act, recorded_sequences_file, out, "--num-sequences", "2", "--resume=true"))
+    main(cli(random_act, recorded_sequences_file, out, "--num_sequences=2", "--resume=true"))
     lines = read_lines(out / "sequences.jsonl")
     assert [r["index"] for r in lines] == [0, 1] and lines[0] == first[0]
     assert json.loads((out / "results.json").read_text())["num_sequences"] == 2
@@ -191,9 +188,9 @@ def test_policy_with_other_cameras_fails_before_the_simulator_starts(
     policy = save_random_act_checkpoint(tmp_path / "act_top", camera_keys=("top",))
     args = [
         f"--policy.path={policy}",
-        f"--sequences-file={recorded_sequences_file}",
-        "--simulator-factory=calvin_fakes:make_forbidden_simulator",
-        f"--output-dir={tmp_path / 'eval'}",
+        f"--sequences_file={recorded_sequences_file}",
+        "--simulator_factory=calvin_fakes:make_forbidden_simulator",
+        f"--output_dir={tmp_path / 'eval'}",
     ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -209,7 +206,7 @@ def test_resume_with_other_settings_and_a_bad_dataset_dir_are_one_line_errors(
 ):
     out = tmp_path / "eval"
     out.mkdir()
-    args = cli(random_act, recorded_sequences_file, out, "--num-sequences", "2", "--resume=true")
+    args = cli(random_act, recorded_sequences_file, out, "--num_sequences=2", "--resume=true")
     settings = calvin_benchmark.CalvinBenchmarkConfig(
         policy=PreTrainedConfig.from_pretrained(random_act),
         ep_len=EP_LEN,
@@ -228,21 +225,20 @@ def test_resume_with_other_settings_and_a_bad_dataset_dir_are_one_line_errors(
         main(
             [
                 *cli(random_act, recorded_sequences_file, tmp_path / "other"),
-                "--dataset-dir",
-                str(tmp_path / "nope"),
+                f"--dataset_dir={tmp_path / 'nope'}",
             ]
         )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.splitlines()[-1].startswith(
-        f"error: --dataset-dir={tmp_path / 'nope'}: no such folder; expected a CALVIN validation"
+        f"error: --dataset_dir={tmp_path / 'nope'}: no such folder; expected a CALVIN validation"
     )
 
 
 def test_missing_calvin_env_gives_an_install_hint(random_act, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(calvin_benchmark, "calvin_env_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
-        main([f"--policy.path={random_act}", f"--output-dir={tmp_path / 'eval'}"])
+        main([f"--policy.path={random_act}", f"--output_dir={tmp_path / 'eval'}"])
     message = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert "calvin_env` is not installed" in message and "Traceback" not in message
@@ -252,16 +248,14 @@ def test_missing_calvin_env_gives_an_install_hint(random_act, tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_worker_processes_give_the_in_process_results(random_act, recorded_sequences_file, tmp_path):
-    main(cli(random_act, recorded_sequences_file, tmp_path / "one", "--num-sequences", "3"))
+    main(cli(random_act, recorded_sequences_file, tmp_path / "one", "--num_sequences=3"))
     main(
         cli(
             random_act,
             recorded_sequences_file,
             tmp_path / "two",
-            "--num-sequences",
-            "3",
-            "--num-workers",
-            "2",
+            "--num_sequences=3",
+            "--num_workers=2",
         )
     )
 
@@ -282,7 +276,7 @@ def test_short_rollout_in_the_real_simulator(random_act, tmp_path):
     if not calvin_env_available():
         pytest.skip(REAL_SKIP_REASON)
     out = tmp_path / "eval"
-    main([f"--policy.path={random_act}", "--num-sequences=2", "--ep-len=15", f"--output-dir={out}"])
+    main([f"--policy.path={random_act}", "--num_sequences=2", "--ep_len=15", f"--output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
     lines = read_lines(out / "sequences.jsonl")
     assert [r["index"] for r in lines] == [0, 1]
@@ -318,9 +312,9 @@ def test_tiny_defi_runs_the_benchmark(backend, recorded_sequences_file, tmp_path
     policy = save_tiny_defi_checkpoint(tmp_path / "defi")
     out = tmp_path / "eval"
     ep_len = 40
-    args = [f"--policy.path={policy}", "--num-sequences=1", f"--ep-len={ep_len}", f"--output-dir={out}"]
+    args = [f"--policy.path={policy}", "--num_sequences=1", f"--ep_len={ep_len}", f"--output_dir={out}"]
     if backend == PLAYBACK:
-        args += [f"--sequences-file={recorded_sequences_file}", f"--simulator-factory={LENIENT}"]
+        args += [f"--sequences_file={recorded_sequences_file}", f"--simulator_factory={LENIENT}"]
     main(args)
     [line] = read_lines(out / "sequences.jsonl")
     results = json.loads((out / "results.json").read_text())

@@ -347,7 +347,7 @@ def test_a_run_stopped_by_bad_input_is_incomplete_until_rerun(
     damage(frame)
     with pytest.raises(ConversionInputError, match=message) as stopped:
         convert_calvin(broken, "local/x", root=root, progress=False)
-    assert "1 of 2 episodes written" in str(stopped.value) and "--skip-bad" in str(stopped.value)
+    assert "1 of 2 episodes written" in str(stopped.value) and "--skip_bad" in str(stopped.value)
     progress = assert_stopped_incomplete("local/x", root, written=1, planned=2)
     assert "episode_0000300.npz" in progress["error"]
     if then == "fix":  # the same command after the input is fixed completes the dataset
@@ -370,14 +370,14 @@ def test_cli_bad_input_is_one_line_after_the_progress_bar(tmp_path, calvin_slice
     broken = tmp_path / "broken"
     shutil.copytree(calvin_slice / "training", broken)
     _truncate(broken / "episode_0000300.npz")
-    args = ["--raw-dir", str(broken), "--repo-id", "local/cli_bad", "--root", str(tmp_path / "ds")]
-    assert main([*args, "--num-workers", "0"]) == 2
+    args = [f"--raw_dir={broken}", "--repo_id=local/cli_bad", f"--root={tmp_path / 'ds'}"]
+    assert main([*args, "--num_workers=0"]) == 2
     err = capfd.readouterr().err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     assert (
         lines[-1].startswith("error: ") and "episode_0000300.npz is not a readable CALVIN frame" in lines[-1]
     )
-    assert "1 of 2 episodes written" in lines[-1] and "--skip-bad" in lines[-1]
+    assert "1 of 2 episodes written" in lines[-1] and "--skip_bad" in lines[-1]
     assert "calvin windows:" in lines[-2]  # the bar, finished on its own line
     assert "Svt[" not in err and "Traceback" not in err and "torchcodec" not in err
 
@@ -386,24 +386,17 @@ def test_cli_writes_a_dataset(tmp_path, calvin_slice, capsys):
     assert (
         main(
             [
-                "--raw-dir",
-                str(calvin_slice / "training"),
-                "--repo-id",
-                "local/cli",
-                "--root",
-                str(tmp_path / "cli"),
-                "--num-workers",
-                "1",
-                "--max-episodes",
-                "1",
+                f"--raw_dir={calvin_slice / 'training'}",
+                "--repo_id=local/cli",
+                f"--root={tmp_path / 'cli'}",
+                "--num_workers=1",
+                "--max_episodes=1",
             ]
         )
         == 0
     )
     assert LeRobotDataset("local/cli", root=tmp_path / "cli").num_frames == 48
-    assert (
-        main(["--raw-dir", str(tmp_path), "--repo-id", "local/none", "--root", str(tmp_path / "none")]) == 2
-    )
+    assert main([f"--raw_dir={tmp_path}", "--repo_id=local/none", f"--root={tmp_path / 'none'}"]) == 2
     assert "not a CALVIN folder" in capsys.readouterr().err
 
 

@@ -110,10 +110,10 @@ def test_fractal_fixture_converts_with_standard_keys(tmp_path):
 
 def test_cli_converts_the_real_bridge_slice_and_resumes(tmp_path, capsys):
     root = tmp_path / "ds"
-    args = ["oxe", "--raw-dir", str(BRIDGE_SLICE), "--repo-id", "test/bridge", "--root", str(root)]
-    assert convert_cli([*args, "--max-episodes", "1"]) == 0
+    args = ["oxe", f"--raw_dir={BRIDGE_SLICE}", "--repo_id=test/bridge", f"--root={root}"]
+    assert convert_cli([*args, "--max_episodes=1"]) == 0
     assert "1 episodes, 10 frames" in capsys.readouterr().out
-    assert convert_cli([*args, "--num-workers", "1"]) == 0
+    assert convert_cli([*args, "--num_workers=1"]) == 0
     assert "2 episodes, 20 frames (1 written now, 1 already there" in capsys.readouterr().out
     dataset = LeRobotDataset("test/bridge", root=root, video_backend="pyav")
     assert dataset.meta.fps == 5
@@ -121,7 +121,7 @@ def test_cli_converts_the_real_bridge_slice_and_resumes(tmp_path, capsys):
     assert list(dataset.meta.features["observation.images.primary"]["shape"]) == [64, 64, 3]
     assert dataset[0]["task"] == "put cup from counter or drying rack into sink"
     assert dataset[0]["action"].shape == (7,) and dataset[0]["observation.state"].shape == (7,)
-    assert convert_cli([*args, "--split", "val", "--overwrite"]) == 0
+    assert convert_cli([*args, "--split=val", "--overwrite=true"]) == 0
     assert "1 episodes, 10 frames" in capsys.readouterr().out
 
 
@@ -133,11 +133,11 @@ def test_unknown_dataset_name_and_renamed_folder(tmp_path, capsys):
     (renamed / "dataset_info.json").write_text(json.dumps(info))
     for shard in renamed.glob("bridge_dataset-*"):
         shard.rename(renamed / shard.name.replace("bridge_dataset", "my_copy"))
-    args = ["oxe", "--raw-dir", str(renamed), "--repo-id", "test/renamed", "--root", str(tmp_path / "ds")]
+    args = ["oxe", f"--raw_dir={renamed}", "--repo_id=test/renamed", f"--root={tmp_path / 'ds'}"]
     assert convert_cli(args) == 2
     assert "unknown OXE dataset 'my_copy'" in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()  # nothing written before the plan is known to work
-    assert convert_cli([*args, "--dataset-name", "bridge_dataset", "--max-episodes", "1"]) == 0
+    assert convert_cli([*args, "--dataset_name=bridge_dataset", "--max_episodes=1"]) == 0
 
 
 def test_corrupt_record_and_truncated_shard_with_and_without_skip_bad(tmp_path, capsys):
@@ -147,11 +147,11 @@ def test_corrupt_record_and_truncated_shard_with_and_without_skip_bad(tmp_path, 
     data = bytearray(first_shard.read_bytes())
     data[12 + 500] ^= 0x55  # a payload byte of the first record
     first_shard.write_bytes(bytes(data))
-    args = ["oxe", "--raw-dir", str(builder_dir), "--repo-id", "test/corrupt", "--root", str(tmp_path / "ds")]
+    args = ["oxe", f"--raw_dir={builder_dir}", "--repo_id=test/corrupt", f"--root={tmp_path / 'ds'}"]
     assert convert_cli(args) == 2
     err = capsys.readouterr().err
-    assert "00000-of-00002: data CRC mismatch in the record at byte 0" in err and "--skip-bad" in err
-    assert convert_cli([*args, "--overwrite", "--skip-bad"]) == 0
+    assert "00000-of-00002: data CRC mismatch in the record at byte 0" in err and "--skip_bad" in err
+    assert convert_cli([*args, "--overwrite=true", "--skip_bad=true"]) == 0
     out = capsys.readouterr().out
     assert (
         "1 episodes, 5 frames" in out
@@ -159,9 +159,9 @@ def test_corrupt_record_and_truncated_shard_with_and_without_skip_bad(tmp_path, 
     )
 
     second_shard.write_bytes(second_shard.read_bytes()[:100])
-    assert convert_cli([*args, "--overwrite"]) == 2
+    assert convert_cli([*args, "--overwrite=true"]) == 2
     assert "00001-of-00002: record at byte 0 claims" in capsys.readouterr().err
-    assert convert_cli([*args, "--overwrite", "--skip-bad"]) == 0
+    assert convert_cli([*args, "--overwrite=true", "--skip_bad=true"]) == 0
     assert "0 episodes" in capsys.readouterr().out
 
 
@@ -178,19 +178,19 @@ def test_flipped_byte_in_record_4_leaves_an_incomplete_dataset_until_rerun(tmp_p
     data[fourth + 12 + 200] ^= 0x01  # one payload bit of record 4 (after its 8-byte length and 4-byte CRC)
     shard.write_bytes(bytes(data))
     root = tmp_path / "ds"
-    args = ["oxe", "--raw-dir", str(builder_dir), "--repo-id", "test/flip", "--root", str(root)]
+    args = ["oxe", f"--raw_dir={builder_dir}", "--repo_id=test/flip", f"--root={root}"]
     assert convert_cli(args) == 2
     err = error_line(capsys.readouterr().err)
     assert f"data CRC mismatch in the record at byte {fourth}" in err and "3 of 5 episodes written" in err
     assert_stopped_incomplete("test/flip", root, written=3, planned=5)
 
-    assert convert_cli([*args, "--skip-bad"]) == 0  # the same command with --skip-bad completes it
+    assert convert_cli([*args, "--skip_bad=true"]) == 0  # the same command with --skip_bad=true completes it
     assert (
         "4 episodes, 12 frames (1 written now, 3 already there, 1 skipped as bad" in capsys.readouterr().out
     )
     assert LeRobotDataset("test/flip", root=root).num_episodes == 4
     shard.write_bytes(original)  # or fix the input: a fresh run writes all five
-    assert convert_cli([*args, "--overwrite"]) == 0
+    assert convert_cli([*args, "--overwrite=true"]) == 0
     assert LeRobotDataset("test/flip", root=root).num_episodes == 5
 
 

@@ -11,7 +11,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot_defi.conversions.cli import main as convert_cli
 from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
 from lerobot_defi.conversions.vpp import convert_vpp, export_vpp
-from lerobot_defi.conversions.vpp_source import read_annotation, read_video
+from lerobot_defi.conversions.vpp_episodes import read_video
+from lerobot_defi.conversions.vpp_format import read_annotation
 
 VPP_SLICE = TESTS_DIR / "data" / "vpp_slice"
 
@@ -25,8 +26,8 @@ def _frames_of(dataset: LeRobotDataset, key: str, episode: int) -> np.ndarray:
 def test_cli_converts_bridge_with_actions_states_and_latents(tmp_path, capsys):
     root = tmp_path / "bridge_ds"
     rc = convert_cli(
-        ["vpp", "--raw-dir", str(VPP_SLICE / "bridge"), "--repo-id", "test/vpp_bridge", "--root", str(root),
-         "--export-latents"]
+        ["vpp", f"--raw_dir={VPP_SLICE / 'bridge'}", "--repo_id=test/vpp_bridge", f"--root={root}",
+         "--export_latents=true"]
     )  # fmt: skip
     assert rc == 0
     assert "1 episodes, 24 frames" in capsys.readouterr().out
@@ -76,12 +77,12 @@ def test_bad_annotation_stops_or_is_skipped(tmp_path, capsys):
     data = json.loads(bad.read_text())
     data["video_length"] = 80  # the webm has 55 frames
     bad.write_text(json.dumps(data))
-    args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/bad", "--root", str(tmp_path / "ds")]
+    args = ["vpp", f"--raw_dir={raw}", "--repo_id=test/bad", f"--root={tmp_path / 'ds'}"]
     assert convert_cli(args) == 2
     err = capsys.readouterr().err
-    assert "1113.webm: the video has 55 frames but the annotation declares 80" in err and "--skip-bad" in err
-    # The episode before the bad one was saved; the dataset is marked incomplete; a re-run with --skip-bad completes.
-    assert convert_cli([*args, "--skip-bad"]) == 0
+    assert "1113.webm: the video has 55 frames but the annotation declares 80" in err and "--skip_bad" in err
+    # The episode before the bad one was saved; the dataset is marked incomplete; a re-run with --skip_bad=true completes.
+    assert convert_cli([*args, "--skip_bad=true"]) == 0
     out = capsys.readouterr().out
     assert "1 episodes, 39 frames" in out and "skipped val/1113" in out
     progress = json.loads((tmp_path / "ds" / PROGRESS_FILE).read_text())
@@ -115,7 +116,7 @@ def test_bad_video_after_the_first_leaves_an_incomplete_dataset_until_rerun(tmp_
     else:
         video.write_bytes(original[:200])
     root = tmp_path / "ds"
-    args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/four", "--root", str(root), "--image-size", "32"]
+    args = ["vpp", f"--raw_dir={raw}", "--repo_id=test/four", f"--root={root}", "--image_size=[32,32]"]
     assert convert_cli(args) == 2
     err = error_line(capsys.readouterr().err)
     assert "1113" in err and "2 of 4 episodes written" in err
@@ -126,7 +127,7 @@ def test_bad_video_after_the_first_leaves_an_incomplete_dataset_until_rerun(tmp_
         assert convert_cli(args) == 0
         assert "4 episodes, 188 frames (2 written now, 2 already there" in capsys.readouterr().out
     else:
-        assert convert_cli([*args, "--skip-bad"]) == 0
+        assert convert_cli([*args, "--skip_bad=true"]) == 0
         assert (
             "3 episodes, 133 frames (1 written now, 2 already there, 1 skipped as bad"
             in capsys.readouterr().out
@@ -137,17 +138,17 @@ def test_bad_video_after_the_first_leaves_an_incomplete_dataset_until_rerun(tmp_
 
 def test_corrupt_video_in_the_first_annotation_is_one_line_or_skipped(tmp_path, capsys):
     """The schema is planned from the first annotation's video: a corrupt one must not end in a decoder
-    traceback but read like any bad video, and --skip-bad must plan from the next annotation."""
+    traceback but read like any bad video, and --skip_bad=true must plan from the next annotation."""
     raw = tmp_path / "sthv2"
     shutil.copytree(VPP_SLICE / "sthv2", raw)
     (raw / "videos" / "872.webm").write_bytes(b"not a video")
-    args = ["vpp", "--raw-dir", str(raw), "--repo-id", "test/first", "--root", str(tmp_path / "ds")]
+    args = ["vpp", f"--raw_dir={raw}", "--repo_id=test/first", f"--root={tmp_path / 'ds'}"]
     assert convert_cli(args) == 2
     err = error_line(capsys.readouterr().err)
     assert "872.webm: cannot decode the video" in err and "[source episode val/872]" in err
-    assert "--skip-bad" in err
+    assert "--skip_bad" in err
     assert not (tmp_path / "ds").exists()  # nothing written
-    assert convert_cli([*args, "--skip-bad"]) == 0
+    assert convert_cli([*args, "--skip_bad=true"]) == 0
     out = capsys.readouterr().out
     assert "1 episodes, 55 frames" in out and "skipped val/872: " in out and "cannot decode the video" in out
 
@@ -170,9 +171,9 @@ def test_several_cameras_per_episode_become_several_video_keys(tmp_path):
     shutil.copytree(VPP_SLICE / "bridge", raw)
     episode_dir = raw / "videos" / "val" / "10"
     flipped = read_video(episode_dir / "rgb.mp4", 24, (128, 128))[:, :, ::-1]  # a second, different view
-    from lerobot_defi.conversions.vpp_export import write_mp4
+    from lerobot_defi.video_writer import write_video
 
-    write_mp4(episode_dir / "gripper.mp4", np.ascontiguousarray(flipped), fps=3)
+    write_video(episode_dir / "gripper.mp4", flipped, fps=3)
     json_path = raw / "annotation" / "val" / "10.json"
     data = json.loads(json_path.read_text())
     data["videos"].append({"video_path": "videos/val/10/gripper.mp4"})
@@ -193,8 +194,8 @@ def test_export_round_trip_reads_back_with_the_vpp_reader(tmp_path):
         VPP_SLICE / "bridge", "test/rt", root=root, image_size=(128, 128), export_latents=True, progress=False
     )
     out = tmp_path / "vpp_out"
-    assert convert_cli(["vpp", "export", "--repo-id", "test/rt", "--root", str(root), "--output-dir", str(out),
-                        "--split", "val"]) == 0  # fmt: skip
+    assert convert_cli(["vpp", "export", "--repo_id=test/rt", f"--root={root}", f"--output_dir={out}",
+                        "--split=val"]) == 0  # fmt: skip
     annotation = read_annotation(out / "annotation" / "val" / "0.json", out, "val")
     original = read_annotation(
         VPP_SLICE / "bridge" / "annotation" / "val" / "10.json", VPP_SLICE / "bridge", "val"

@@ -1,4 +1,4 @@
-"""Importing the official DeFI release (spec 1.2, 3.5, 3.6, 4.9; section 8 items 16, 17, 19, 20).
+"""Importing the official DeFI release (docs/method.md §1.2, §3.5, §3.6, §4.9, §8.16, §8.17, §8.19, §8.20).
 
 * The reference list of the official Stage-3 trainable tensors (names and shapes from the official module
   definitions, ``tests/data/official_stage3_keys.json``) fills every trainable tensor of the official-size
@@ -26,18 +26,18 @@ from lerobot.policies.factory import make_pre_post_processors
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor
 from lerobot_defi.models.gidm import LatentActionModel
 from lerobot_defi.models.reference_architectures import official_random_config_overrides
-from lerobot_defi.official_import import (
-    REPORT_FILE,
+from lerobot_defi.official.checkpoints import (
     InertObject,
     OfficialCheckpointError,
-    import_gfdm,
-    import_gidm,
-    import_policy,
-    load_checkpoint,
+    load_official_checkpoint,
     load_stage3_state_dict,
-    main,
 )
-from lerobot_defi.official_keymap import map_state_dict, stage3_keymap
+from lerobot_defi.official.cli import main
+from lerobot_defi.official.gfdm import import_gfdm
+from lerobot_defi.official.gidm import import_gidm
+from lerobot_defi.official.keymap import map_state_dict, stage3_keymap
+from lerobot_defi.official.policy import import_policy
+from lerobot_defi.official.report import REPORT_FILE
 from lerobot_defi.policy.configuration_defi import DeFIConfig, load_preset
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
@@ -239,8 +239,8 @@ def calvin_observation() -> dict:
 
 def test_tiny_official_release_imports_through_the_command_and_acts(tiny_release, tmp_path):
     out = tmp_path / "defi_calvin"
-    argv = ["policy", "--stage3", str(tiny_release.stage3), "--gfdm", str(tiny_release.gfdm)]
-    assert main([*argv, "--config", "tiny", "--output", str(out)]) == 0
+    argv = ["policy", f"--stage3={tiny_release.stage3}", f"--gfdm={tiny_release.gfdm}"]
+    assert main([*argv, "--policy_config=tiny", f"--output={out}"]) == 0
 
     for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
         assert (out / name).is_file(), name
@@ -317,16 +317,13 @@ def test_unknown_official_tensor_is_reported_and_strict_refuses(tiny_release, tm
     torch.save({"model": official}, tmp_path / "extra.pt")
     common = [
         "policy",
-        "--stage3",
-        str(tmp_path / "extra.pt"),
-        "--gfdm",
-        str(tiny_release.gfdm),
-        "--config",
-        "tiny",
+        f"--stage3={tmp_path / 'extra.pt'}",
+        f"--gfdm={tiny_release.gfdm}",
+        "--policy_config=tiny",
     ]
 
     with pytest.raises(SystemExit) as exit_info:
-        main([*common, "--output", str(tmp_path / "strict"), "--strict"])
+        main([*common, f"--output={tmp_path / 'strict'}", "--strict=true"])
     assert exit_info.value.code == 2
     assert "model.inner_model.extra_head.weight: no rule in the key map" in capsys.readouterr().err
     assert not (tmp_path / "strict").exists()
@@ -338,9 +335,9 @@ def test_unknown_official_tensor_is_reported_and_strict_refuses(tiny_release, tm
     assert report["key_map"]["missing_tensors"] == []
 
     with pytest.raises(SystemExit) as exit_info:  # an existing folder is kept unless --overwrite
-        main([*common, "--output", str(tmp_path / "lenient")])
+        main([*common, f"--output={tmp_path / 'lenient'}"])
     assert exit_info.value.code == 2 and "already exists" in capsys.readouterr().err
-    assert main([*common, "--output", str(tmp_path / "lenient"), "--overwrite"]) == 0
+    assert main([*common, f"--output={tmp_path / 'lenient'}", "--overwrite=true"]) == 0
 
 
 def test_text_encoders_from_their_pretrained_folders_when_the_checkpoint_lacks_them(tiny_release, tmp_path):
@@ -364,7 +361,7 @@ def test_text_encoders_from_their_pretrained_folders_when_the_checkpoint_lacks_t
 
     with pytest.raises(
         OfficialCheckpointError,
-        match=r"(?s)text\.clip\.\* \(21 tensors: official TVP_encoder\.text_encoder\.\* is absent.*--text-encoders pretrained",
+        match=r"(?s)text\.clip\.\* \(21 tensors: official TVP_encoder\.text_encoder\.\* is absent.*--text_encoders=pretrained",
     ):
         import_policy(tmp_path / "no_text.pt", tiny_release.gfdm, tmp_path / "a", config=config())
     report = import_policy(
@@ -404,7 +401,7 @@ def test_checkpoint_objects_load_inert_and_code_never_runs(tmp_path):
         },
         tmp_path / "objects.pt",
     )
-    loaded = load_checkpoint(tmp_path / "objects.pt")
+    loaded = load_official_checkpoint(tmp_path / "objects.pt")
     assert torch.equal(loaded["model"]["w"], torch.ones(2))
     assert isinstance(loaded["args"], InertObject) and loaded["args"].state == {"values": {"a": 1}}
     assert isinstance(loaded["hook"], InertObject) and loaded["hook"].args == (str(victim),)
@@ -414,7 +411,7 @@ def test_checkpoint_objects_load_inert_and_code_never_runs(tmp_path):
         {"model": {}, "hook": RunsCodeWhenLoaded((os.system, (f"touch {marker}",)))}, tmp_path / "evil.pt"
     )
     with pytest.raises(OfficialCheckpointError, match="should not be trusted"):
-        load_checkpoint(tmp_path / "evil.pt")
+        load_official_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
 
     torch.save({"state_dict": {"lam.x": torch.ones(1)}}, tmp_path / "lightning.ckpt")
@@ -504,8 +501,8 @@ def test_official_latent_action_checkpoint_imports_into_our_gidm_and_initialises
     }
     torch.save(checkpoint, tmp_path / "lam.ckpt")
     out = tmp_path / "gidm"
-    argv = ["gidm", "--ckpt", str(tmp_path / "lam.ckpt"), "--output", str(out), "--num-heads", "2"]
-    assert main([*argv, "--num-patches", "64"]) == 0
+    argv = ["gidm", f"--ckpt={tmp_path / 'lam.ckpt'}", f"--output={out}", "--num_heads=2"]
+    assert main([*argv, "--num_patches=64"]) == 0
 
     model = LatentActionModel.from_pretrained(out)
     cfg = model.config
@@ -606,11 +603,14 @@ def test_push_to_hub_uploads_the_written_folder(tiny_release, tmp_path, monkeypa
     calls = []
 
     class FakeApi:
-        def create_repo(self, repo_id, private, exist_ok):
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok, repo_type="model"):
             calls.append(("create", repo_id, private, exist_ok))
             return SimpleNamespace(repo_id=repo_id)
 
-        def upload_folder(self, repo_id, folder_path, repo_type, commit_message):
+        def upload_folder(self, repo_id, folder_path, repo_type, commit_message, revision=None):
             calls.append(("upload", repo_id, folder_path, repo_type))
             return SimpleNamespace(repo_url=SimpleNamespace(url=f"https://hub/{repo_id}"))
 
@@ -620,12 +620,10 @@ def test_push_to_hub_uploads_the_written_folder(tiny_release, tmp_path, monkeypa
         main(
             [
                 "gfdm",
-                "--folder",
-                str(tiny_release.gfdm),
-                "--output",
-                str(out),
-                "--push-to-hub",
-                "me/defi-gfdm",
+                f"--folder={tiny_release.gfdm}",
+                f"--output={out}",
+                "--push_to_hub=true",
+                "--hub_repo_id=me/defi-gfdm",
             ]
         )
         == 0

@@ -362,9 +362,66 @@ def test_binarize_gripper_without_data_is_off_and_explicit_settings_win():
 
 
 def test_calvin_recipe_and_authors_weights_keep_binarizing():
-    from lerobot_defi.official_import import official_calvin_config
+    from lerobot_defi.official.policy import official_calvin_config
     from lerobot_defi.policy.configuration_defi import load_preset
 
     assert load_preset("calvin").binarize_gripper is True
     assert official_calvin_config().binarize_gripper is True
     assert official_calvin_config(binarize_gripper=False).binarize_gripper is False
+
+
+def test_construction_leaves_its_config_alone_and_saves_it_with_the_resolved_fields(tmp_path):
+    """The policy runs with and saves the given config plus the fields its pretrained parts resolve; the given
+    config is not changed. A run's own config (what ``lerobot-train --resume`` passes) loads the saved policy."""
+    import copy
+    import dataclasses
+
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+
+    from lerobot_defi.models.gidm import LatentActionModel
+    from lerobot_defi.policy.pretrained_parts import RESOLVED_FIELDS
+
+    preset = tiny_config()
+    UNetSpatioTemporalConditionModel.from_config(preset.gfdm_unet_config).save_pretrained(
+        tmp_path / "gfdm" / "unet"
+    )
+    AutoencoderKLTemporalDecoder.from_config(preset.gfdm_vae_config).save_pretrained(
+        tmp_path / "gfdm" / "vae"
+    )
+    resolved_gidm = DeFIPolicy(preset).config.gidm
+    torch.manual_seed(0)
+    LatentActionModel(dataclasses.replace(resolved_gidm, encoder_blocks=2)).save_pretrained(tmp_path / "gidm")
+    given = tiny_config(
+        gfdm_path=str(tmp_path / "gfdm"),
+        gfdm_unet_config=None,
+        gfdm_vae_config=None,
+        gidm_path=str(tmp_path / "gidm"),
+        gidm=dataclasses.replace(preset.gidm, num_patches=1, text_dim=1, tiled_padding_mask=False),
+        feature_noise_seed=3,
+    )
+    before = copy.deepcopy(given)
+
+    policy = DeFIPolicy(given, dataset_stats=_action_stats([-1.0, 1.0, -1.0])).eval()
+
+    assert given == before and policy.config is not given
+    changed = {
+        f.name
+        for f in dataclasses.fields(DeFIConfig)
+        if getattr(policy.config, f.name) != getattr(given, f.name)
+    }
+    assert changed == set(RESOLVED_FIELDS)
+    assert policy.config.gfdm_unet_config["block_out_channels"] == [32, 32, 64, 64]
+    assert policy.config.gidm == dataclasses.replace(
+        resolved_gidm, encoder_blocks=2, tiled_padding_mask=False
+    )
+    assert policy.config.binarize_gripper is True  # decided from the statistics, as the processors decide it
+    policy.save_pretrained(tmp_path / "policy")
+    saved = json.loads((tmp_path / "policy" / "config.json").read_text())
+    assert saved["gidm"]["encoder_blocks"] == 2 and saved["gfdm_vae_config"] is not None
+
+    batch = tiny_batch(policy.config, batch_size=2)
+    noise = torch.randn(2, policy.config.chunk_size, policy.config.action_dim)
+    expected = policy.predict_action_chunk(batch, noise=noise)
+    for config in (None, before):  # the saved config.json; the run's own config (lerobot-train --resume)
+        loaded = DeFIPolicy.from_pretrained(tmp_path / "policy", config=copy.deepcopy(config))
+        torch.testing.assert_close(loaded.predict_action_chunk(batch, noise=noise), expected, rtol=0, atol=0)

@@ -1,7 +1,7 @@
 """``lerobot-defi-eval-calvin``: CALVIN's long-horizon benchmark for any LeRobot policy.
 
-    lerobot-defi-eval-calvin --policy.path=<checkpoint or Hub id> --num-sequences 1000 --ep-len 360 \\
-        --num-workers 8 --output-dir outputs/eval_calvin/my_run
+    lerobot-defi-eval-calvin --policy.path=<checkpoint or Hub id> --num_sequences=1000 --ep_len=360 \\
+        --num_workers=8 --output_dir=outputs/eval_calvin/my_run
 
 The protocol (CALVIN's ``evaluate_policy``): for each of the first ``num_sequences`` standard
 sequences (deterministic, seed 0), reset the simulator to the sequence's initial scene state and
@@ -79,7 +79,7 @@ PROTOCOL_KEYS = (
 
 @dataclass
 class CalvinBenchmarkConfig:
-    """Options of ``lerobot-defi-eval-calvin`` (dashes or underscores both work on the command line)."""
+    """Options of ``lerobot-defi-eval-calvin``, in LeRobot's draccus style (``--num_sequences=1000``)."""
 
     # The policy: --policy.path=<folder or Hub id> (plus --policy.<field> overrides, e.g. --policy.device=cuda),
     # or --policy.type=<type> for random weights (smoke tests).
@@ -346,7 +346,7 @@ def _prepare_output_dir(cfg: CalvinBenchmarkConfig) -> dict[int, SequenceResult]
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ResumeMismatchError(
                 f"cannot resume {output_dir}: the evaluation settings differ ({details}); resume with the run's own "
-                f"settings (see {run_config_path}) or choose another --output-dir"
+                f"settings (see {run_config_path}) or choose another --output_dir"
             )
     elif cfg.resume:
         logger.warning(f"--resume: {run_config_path} not found, starting a new evaluation")
@@ -381,7 +381,7 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
         if not calvin_env_available():
             raise CalvinEnvNotInstalledError(CALVIN_ENV_INSTALL_HINT)
         calvin_env_package_dir()  # refuses a calvin_env folder that shadows the package
-    check_dataset_dir(cfg.dataset_dir, "--dataset-dir")
+    check_dataset_dir(cfg.dataset_dir, "--dataset_dir")
     probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
     if cfg.num_sequences > len(probe.sequences):
         raise ValueError(
@@ -438,23 +438,12 @@ def _main(cfg: CalvinBenchmarkConfig) -> dict:
     return run_benchmark(cfg)
 
 
-def normalize_option_names(argv: list[str]) -> list[str]:
-    """``--num-sequences 5`` -> ``--num_sequences 5`` (option names only; values are kept)."""
-    normalized = []
-    for arg in argv:
-        if arg.startswith("--"):
-            name, sep, value = arg[2:].partition("=")
-            arg = f"--{name.replace('-', '_')}{sep}{value}"
-        normalized.append(arg)
-    return normalized
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; ``argv`` (without the program name) defaults to the command line."""
     init_logging()
     register_third_party_plugins()
     saved_argv = sys.argv
-    sys.argv = [sys.argv[0], *normalize_option_names(sys.argv[1:] if argv is None else argv)]
+    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     try:
         _main()
     except (

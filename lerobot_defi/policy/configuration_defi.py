@@ -7,8 +7,9 @@ works. Every official quirk that changes numbers is a named flag with the offici
 
 Pretrained parts have two ways in: a Hub id or folder (``gfdm_path``, ``clip_text_path``, ``t5_path``,
 ``gidm_path``), or an architecture dict for random weights (``gfdm_unet_config``, ...; the ``tiny`` preset in
-``configs/``). When a part is loaded from a path its architecture dict is recorded here, so a saved policy
-rebuilds offline from its own ``config.json`` + ``model.safetensors``.
+``configs/``). When a part is loaded from a path, the policy records its architecture dict in the config it
+saves (``policy/pretrained_parts.py``), so a saved policy rebuilds offline from its own ``config.json`` +
+``model.safetensors``.
 """
 
 import logging
@@ -201,16 +202,24 @@ class DeFIConfig(PreTrainedConfig):
         if self.gidm_camera_key not in self.cameras:
             raise ValueError(f"gidm_camera {self.gidm_camera_key!r} is not among camera_keys {self.cameras}")
 
+    def binarize_gripper_from_stats(self, dataset_stats: dict | None) -> bool | None:
+        """Whether the training data's ``action[gripper_action_index]`` is a binary -1/+1 channel (from LeRobot
+        statistics); None without action statistics. Reads the config only."""
+        action_stats = (dataset_stats or {}).get(ACTION)
+        if action_stats is None:
+            return None
+        return action_channel_is_binary(action_stats, self.gripper_action_index)
+
     def decide_binarize_gripper(self, dataset_stats: dict | None) -> bool:
         """``binarize_gripper``, deciding it from the training data's statistics when it is None (the default):
         True only if ``action[gripper_action_index]`` is a binary -1/+1 channel. The decision is recorded in the
         config (saved with the policy); without statistics nothing is decided and the answer is False."""
         if self.binarize_gripper is not None:
             return self.binarize_gripper
-        action_stats = (dataset_stats or {}).get(ACTION)
-        if action_stats is None:
+        decided = self.binarize_gripper_from_stats(dataset_stats)
+        if decided is None:
             return False
-        self.binarize_gripper = action_channel_is_binary(action_stats, self.gripper_action_index)
+        self.binarize_gripper = decided
         logger.info(
             "binarize_gripper=%s: action[%d] of the training data %s (set --policy.binarize_gripper to override)",
             str(self.binarize_gripper).lower(),

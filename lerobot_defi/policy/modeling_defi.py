@@ -1,4 +1,4 @@
-"""``DeFIPolicy``: the DeFI policy as a LeRobot ``PreTrainedPolicy`` (spec 4.3, 5).
+"""``DeFIPolicy``: the DeFI policy as a LeRobot ``PreTrainedPolicy`` (docs/method.md §4.3, §5).
 
 Per observation (one step, every camera in [-1, 1] at ``image_size``) and instruction:
 
@@ -14,15 +14,16 @@ encoder) and text encoders too, the tokenizers are saved beside it, and the arch
 parts are recorded in ``config.json``.
 """
 
+import json
 import logging
 from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate import init_empty_weights
 from einops import rearrange
 from huggingface_hub import snapshot_download
+from huggingface_hub.constants import CONFIG_NAME
 from lerobot.policies.pretrained import PreTrainedPolicy
 from lerobot.utils.constants import ACTION
 from lerobot.utils.device_utils import resolve_safetensors_device
@@ -31,16 +32,20 @@ from torch import Tensor, nn
 
 from lerobot_defi.models.action_head import ActionHead
 from lerobot_defi.models.frame_convolution import use_frame_convolutions
-from lerobot_defi.models.gfdm import GFDMFeatureExtractor, diffusers_config, text_context_from_clip
+from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
-from lerobot_defi.models.text import InstructionEncoders, load_clip_text, load_t5
 from lerobot_defi.models.video_former import VideoFormer
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
+from lerobot_defi.policy.pretrained_parts import (
+    TOKENIZER_DIRS,
+    load_pretrained_parts,
+    resolve_pretrained_architectures,
+    with_saved_architectures,
+)
 
 logger = logging.getLogger(__name__)
 
-TOKENIZER_DIRS = {"clip": "clip_tokenizer", "t5": "t5_tokenizer"}
 # Only these files of a Hub repo are needed to rebuild a saved policy.
 PRETRAINED_FILES = ["config.json", "model.safetensors", *(f"{d}/*" for d in TOKENIZER_DIRS.values())]
 
@@ -53,30 +58,27 @@ class DeFIPolicy(PreTrainedPolicy):
     config_class = DeFIConfig
     name = "defi"
 
-    def __init__(self, config: DeFIConfig, pretrained_dir: str | Path | None = None, **kwargs):
+    def __init__(
+        self,
+        config: DeFIConfig,
+        pretrained_dir: str | Path | None = None,
+        dataset_stats: dict | None = None,
+        **kwargs,
+    ):
         """``pretrained_dir`` is set by :meth:`from_pretrained`: the frozen parts are then built as empty
-        skeletons from the recorded architectures and their weights come from the checkpoint. Extra
-        ``kwargs`` (``dataset_stats``, ``dataset_meta`` from ``make_policy``) are accepted and unused."""
+        skeletons from the recorded architectures and their weights come from the checkpoint. ``dataset_stats``
+        (from ``make_policy``) decides ``binarize_gripper`` when the config leaves it open; other ``kwargs``
+        (``dataset_meta``) are accepted and unused.
+
+        ``config`` is not changed: the policy runs with and saves ``self.config``, the given config plus the
+        fields its pretrained parts resolve (:func:`resolve_pretrained_architectures`)."""
         super().__init__(config)
         config.validate_features()
-        self.config = config
-        skeleton = pretrained_dir is not None
-        frozen_dtype = getattr(torch, config.gfdm_dtype)
-        with init_empty_weights(include_buffers=False) if skeleton else nullcontext():
-            self.gfdm = self._build_gfdm(skeleton, frozen_dtype)
-            self.text = self._build_text(skeleton, pretrained_dir)
-        if (
-            skeleton
-        ):  # ties are lost on the meta device; restore them (outside init_empty_weights) before loading
-            self.text.clip.tie_weights()
-            self.text.t5.tie_weights()
-        gidm_model = (
-            None if skeleton or config.gidm_path is None else self._load_gidm_config(config.gidm_path)
-        )
+        parts = load_pretrained_parts(config, pretrained_dir)
+        self.config = config = resolve_pretrained_architectures(config, parts, dataset_stats)
+        self.gfdm = parts.gfdm
+        self.text = parts.text
 
-        grid = self.gfdm.feature_grid(config.image_size)
-        config.gidm.num_patches = grid * grid
-        config.gidm.text_dim = self.text.t5.config.d_model
         gidm_dim = config.gidm.model_dim
         feature_dim = self.gfdm.feature_dim
         self.gidm_feature_proj = nn.Sequential(
@@ -99,8 +101,8 @@ class DeFIPolicy(PreTrainedPolicy):
         )
         self.gidm_load_report: dict | None = None
         self._compiled_sample = None
-        if gidm_model is not None:
-            self.gidm_load_report = self.load_gidm_encoder(gidm_model, source=config.gidm_path)
+        if parts.gidm is not None:
+            self.gidm_load_report = self.load_gidm_encoder(parts.gidm, source=config.gidm_path)
         if config.compile_mode:
             self.compile_modules(config.compile_mode)
         self.reset()
@@ -148,60 +150,6 @@ class DeFIPolicy(PreTrainedPolicy):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- construction ---------------------------------------------------------------------------------------
-    def _build_gfdm(self, skeleton: bool, dtype: torch.dtype) -> GFDMFeatureExtractor:
-        cfg = self.config
-        options = {
-            "num_frames": cfg.gfdm_num_frames,
-            "feature_up_blocks": tuple(cfg.feature_up_blocks),
-            "feature_sigma": cfg.feature_sigma,
-            "added_time_ids": tuple(cfg.added_time_ids),
-        }
-        if cfg.gfdm_path is not None and not skeleton:
-            gfdm = GFDMFeatureExtractor.from_pretrained(cfg.gfdm_path, dtype=dtype, **options)
-        elif cfg.gfdm_unet_config is not None and cfg.gfdm_vae_config is not None:
-            gfdm = GFDMFeatureExtractor.from_configs(
-                cfg.gfdm_unet_config, cfg.gfdm_vae_config, dtype=dtype, **options
-            )
-        else:
-            raise ValueError(
-                "This DeFI config records no GFDM architecture (gfdm_unet_config / gfdm_vae_config); "
-                "it cannot be rebuilt from a checkpoint"
-            )
-        cfg.gfdm_unet_config = diffusers_config(gfdm.unet)
-        cfg.gfdm_vae_config = diffusers_config(gfdm.vae)
-        return gfdm
-
-    def _build_text(self, skeleton: bool, pretrained_dir: str | Path | None) -> InstructionEncoders:
-        cfg = self.config
-        tokenizer_root = Path(pretrained_dir) if pretrained_dir is not None else None
-        clip, clip_tokenizer, cfg.clip_text_config = load_clip_text(
-            cfg.clip_text_path,
-            cfg.clip_text_config,
-            tokenizer_root / TOKENIZER_DIRS["clip"] if tokenizer_root else None,
-            skeleton=skeleton,
-        )
-        t5, t5_tokenizer, cfg.t5_config = load_t5(
-            cfg.t5_path,
-            cfg.t5_config,
-            tokenizer_root / TOKENIZER_DIRS["t5"] if tokenizer_root else None,
-            skeleton=skeleton,
-        )
-        return InstructionEncoders(
-            clip,
-            clip_tokenizer,
-            t5,
-            t5_tokenizer,
-            context_length=cfg.clip_context_length,
-            goal_length=cfg.clip_goal_length,
-        )
-
-    def _load_gidm_config(self, path: str) -> LatentActionModel:
-        """Load a pretrained GIDM and adopt its architecture (keeping this config's quirk flag)."""
-        model = LatentActionModel.from_pretrained(path)
-        tiled = self.config.gidm.tiled_padding_mask
-        self.config.gidm = type(self.config.gidm)(**{**vars(model.config), "tiled_padding_mask": tiled})
-        return model
-
     def load_gidm_encoder(self, model: LatentActionModel, source: str | None = None) -> dict:
         """Copy the encoder side of a pretrained GIDM into the policy; returns (and logs) what was taken.
 
@@ -243,8 +191,13 @@ class DeFIPolicy(PreTrainedPolicy):
         self.text.t5_tokenizer.save_pretrained(save_directory / TOKENIZER_DIRS["t5"])
 
     @classmethod
-    def from_pretrained(cls, pretrained_name_or_path: str | Path, **kwargs) -> "DeFIPolicy":
-        """Load a saved DeFI policy from a folder or a Hub repo; needs nothing else (no GFDM folder)."""
+    def from_pretrained(
+        cls, pretrained_name_or_path: str | Path, *, config: DeFIConfig | None = None, **kwargs
+    ) -> "DeFIPolicy":
+        """Load a saved DeFI policy from a folder or a Hub repo; needs nothing else (no GFDM folder).
+
+        A ``config`` given here (``lerobot-train --resume`` passes the run's own) is completed with the
+        architectures the saved ``config.json`` records (:func:`with_saved_architectures`)."""
         path = Path(pretrained_name_or_path)
         if not path.is_dir():
             path = Path(
@@ -258,7 +211,9 @@ class DeFIPolicy(PreTrainedPolicy):
                     allow_patterns=PRETRAINED_FILES,
                 )
             )
-        return super().from_pretrained(path, pretrained_dir=path, **kwargs)
+        if config is not None and (path / CONFIG_NAME).is_file():
+            config = with_saved_architectures(config, json.loads((path / CONFIG_NAME).read_text()))
+        return super().from_pretrained(path, config=config, pretrained_dir=path, **kwargs)
 
     @classmethod
     def _load_as_safetensor(cls, model: "DeFIPolicy", model_file: str, map_location: str, strict: bool):

@@ -1,5 +1,5 @@
-"""Explicit map from the official DeFI checkpoint names to this package's parameter names (spec 3.5, 3.6, 4.1,
-4.9 and section 8, items 16, 17 and 19).
+"""Explicit map from the official DeFI checkpoint names to this package's parameter names (docs/method.md §3.5,
+§3.6, §4.1, §4.9, §8.16, §8.17, §8.19).
 
 Our modules use names that say what things are, so the official names appear only here. Each rule maps one
 official module (followed by ``.weight`` / ``.bias``) or parameter to ours; ``{i}`` stands for a block index.
@@ -143,16 +143,16 @@ T5_SUBTREE = ("lam.text_encoder.", "text.t5.")  # HF T5EncoderModel (t5-base)
 # --- official tensors without a counterpart, and why --------------------------------------------------------
 
 DEAD_ACTION_HEAD = {
-    f"{_HEAD}.pos_emb": "dead: the action head's position embedding is never added (spec 4.3 f, 8 item 17)",
-    f"{_HEAD}.goal_emb.": "dead: the action head's goal_emb is built but unused; lang_emb is used (spec 8 item 17)",
-    f"{_HEAD}.proprio_emb.": "dead: proprioception is not an input of the policy (spec 4.2, 8 item 17)",
+    f"{_HEAD}.pos_emb": "dead: the action head's position embedding is never added (docs/method.md §4.3f, §8.17)",
+    f"{_HEAD}.goal_emb.": "dead: the action head's goal_emb is built but unused; lang_emb is used (docs/method.md §8.17)",
+    f"{_HEAD}.proprio_emb.": "dead: proprioception is not an input of the policy (docs/method.md §4.2, §8.17)",
 }
 OPENAI_CLIP_COPY = {
     "language_goal.": "redundant: OpenAI CLIP ViT-B/32, the same text tower as TVP_encoder.text_encoder; "
-    "text.clip's projected pooled output gives the goal token (spec 8 item 16)",
+    "text.clip's projected pooled output gives the goal token (docs/method.md §8.16)",
 }
 STAGE2_ONLY = {
-    "lam.dino_encoder.": "not part of our GIDM: the frozen DINOv2 of pretraining; ours takes patch features (spec 3.1)",
+    "lam.dino_encoder.": "not part of our GIDM: the frozen DINOv2 of pretraining; ours takes patch features (docs/method.md §3.1)",
     "lam.text_encoder.": "not part of our GIDM: the frozen T5; ours takes T5 states (the policy holds T5 as text.t5)",
 }
 # Non-persistent index buffers that older transformers versions wrote into state dicts.
