@@ -31,6 +31,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from lerobot_defi.models.action_head import ActionHead
+from lerobot_defi.models.codebook_stats import code_counts, codebook_stats
 from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
@@ -344,23 +345,18 @@ class DeFIPolicy(PreTrainedPolicy):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         if ACTION not in batch:
             raise KeyError(f"DeFI training needs '{ACTION}' in the batch; got keys {sorted(batch)}")
-        encoded = self._encode(*self._tensor_inputs(batch), vq_reduction=reduction)
+        t5_dropout = self.training and self.config.t5_dropout_in_training
+        encoded = self._encode(*self._tensor_inputs(batch, t5_dropout=t5_dropout), vq_reduction=reduction)
         action_loss = self.action_head.loss(
             batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"), reduction=reduction
         )
         commitment_weight = self.config.gidm.commitment_weight
         loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
-        counts = torch.bincount(
-            encoded["indices"].flatten(), minlength=self.config.gidm.codebook_size
-        ).float()
-        probabilities = counts / counts.sum()
-        perplexity = torch.exp(-(probabilities * probabilities.clamp_min(1e-10).log()).sum())
         return loss, {
             "action_loss": action_loss.mean().item(),
             "vq_code_loss": encoded["code_loss"].mean().item(),
             "vq_commitment_loss": encoded["commitment_loss"].mean().item(),
-            "codebook_usage": (counts > 0).float().mean().item(),
-            "codebook_perplexity": perplexity.item(),
+            **codebook_stats(code_counts(encoded["indices"], self.config.gidm.codebook_size)),
         }
 
     @torch.no_grad()
