@@ -117,6 +117,10 @@ class DeFIConfig(PreTrainedConfig):
     # "reduce-overhead" (CUDA graphs) or "default"; None runs eagerly. Numerics are unchanged up to float
     # rounding (tests/test_fast_paths.py).
     compile_mode: str | None = None
+    # Where compiled artefacts are kept between processes, so a restarted policy skips most of the compilation
+    # (policy/compile_cache.py, docs/performance.md): "auto" = $HF_LEROBOT_HOME/defi_compile_cache, a folder,
+    # or None / "off" to compile from scratch in every process.
+    compile_cache_dir: str | None = "auto"
     # Mixed precision of the trainable parts under lerobot-train (bfloat16 | float16 | float32); None leaves it
     # to accelerate's own setting.
     dtype: str | None = None

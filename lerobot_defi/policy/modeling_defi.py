@@ -36,6 +36,7 @@ from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
 from lerobot_defi.models.video_former import VideoFormer
+from lerobot_defi.policy.compile_cache import cached_compiled_function, config_as_saved
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
 from lerobot_defi.policy.pretrained_parts import (
@@ -131,6 +132,9 @@ class DeFIPolicy(PreTrainedPolicy):
             mode, mode
         )
         compiled = torch.compile(self._sample_chunk, mode=inference_mode, dynamic=False)
+        # Artefacts kept on disk per policy and input shapes: a restarted process skips most of the compilation.
+        description = {"policy_config": config_as_saved(self.config)}
+        compiled = cached_compiled_function(compiled, self.config.compile_cache_dir, self, description, mode)
         self._compiled_sample = CUDAGraphedFunction(compiled) if graphed else compiled
         self.gfdm.compile(
             mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False

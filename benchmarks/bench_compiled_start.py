@@ -1,0 +1,199 @@
+"""Cold vs warm start of the compiled policy: seconds from process start to the first action.
+
+A robot restarts its policy often; with ``compile_mode`` set, every new process compiles the chunk function.
+``DeFIConfig.compile_cache_dir`` (``policy/compile_cache.py``) keeps the compiled artefacts on disk. This script
+saves a policy (random weights) once, then starts fresh processes that each load it with ``from_pretrained``,
+call ``compile_modules`` and ask for one action (``select_action``, fixed noise):
+
+* cold: an empty cache folder (and inductor's cache inside it: nothing compiled before);
+* warm: the same folder again (``--warm-runs`` processes).
+
+Each process reports, from the moment the parent started it: imports done, policy loaded and compiled
+(``from_pretrained`` + ``compile_modules``, lazy), first action (compilation happens here), and the second chunk's
+time (steady state). The table also shows whether the cache entry was loaded or saved, inductor's graph cache
+hits / misses, and that the warm action equals the cold one.
+
+    python benchmarks/bench_compiled_start.py                                        # tiny preset, CPU
+    python benchmarks/bench_compiled_start.py --device cuda --size official --out start.json   # on a GPU
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPORT_PREFIX = "BENCH_START_REPORT "
+
+
+def child_save(args: argparse.Namespace) -> None:
+    """Build the policy with random weights (seed 0) and save it to ``args.policy_dir``."""
+    import torch
+    from bench_policy import build_policy
+
+    on_gpu = args.device.startswith("cuda")
+    overrides = {"gfdm_dtype": "bfloat16", "dtype": "bfloat16"} if on_gpu else {}
+    policy = build_policy(args.size == "tiny", args.device, seed=0, **overrides)
+    policy.save_pretrained(args.policy_dir)
+    print(
+        f"saved the {args.size} policy ({sum(p.numel() for p in policy.parameters()) / 1e6:.1f} M parameters)"
+    )
+    del policy
+    if on_gpu:
+        torch.cuda.empty_cache()
+
+
+def child_start(args: argparse.Namespace) -> None:
+    """One robot start: load, compile, first action; prints one report line (wall-clock stamps)."""
+    import torch
+
+    import lerobot_policy_defi  # noqa: F401  (registers the policy type)
+    from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
+    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+
+    stamps = {"imported": time.time()}
+    policy = DeFIPolicy.from_pretrained(args.policy_dir)
+    policy.config.compile_cache_dir = args.cache_dir
+    policy = policy.to(args.device).eval()
+    policy.compile_modules(args.compile_mode)
+    stamps["loaded"] = time.time()
+
+    from bench_policy import make_batch
+
+    torch.manual_seed(1)
+    batch = make_batch(policy.config, 1, args.device)
+    batch.pop("action"), batch.pop("action_is_pad")
+    noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim, device=args.device)
+    action = policy.select_action(batch, noise=noise)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    stamps["first_action"] = time.time()
+    policy.reset()
+    started = time.perf_counter()
+    policy.select_action(batch, noise=noise)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    second_chunk_ms = (time.perf_counter() - started) * 1e3
+
+    from torch._dynamo.utils import counters
+
+    compiled = policy._compiled_sample  # CUDAGraphedFunction(CachedCompiledFunction) on CUDA with CUDA graphs
+    cached = compiled.fn if isinstance(compiled, CUDAGraphedFunction) else compiled
+    entries = list(getattr(cached, "entries", {}).values())
+    report = {
+        "stamps": stamps,
+        "second_chunk_ms": second_chunk_ms,
+        "action": action.float().cpu().tolist(),
+        "entry_loaded": any(e.loaded for e in entries),
+        "entry_saved": any(e.saved for e in entries),
+        "fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
+        "fxgraph_misses": counters["inductor"]["fxgraph_cache_miss"],
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+    }
+    print(REPORT_PREFIX + json.dumps(report), flush=True)
+
+
+def run_child(args: argparse.Namespace, role: str, env: dict) -> dict | None:
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        role,
+        "--policy-dir",
+        args.policy_dir,
+        "--cache-dir",
+        args.cache_dir,
+        "--device",
+        args.device,
+        "--size",
+        args.size,
+        "--compile-mode",
+        args.compile_mode,
+    ]
+    started = time.time()
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"the {role} process failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    if role == "save":
+        print(result.stdout.strip(), f"in {time.time() - started:.1f} s", flush=True)
+        return None
+    line = next(line for line in result.stdout.splitlines() if line.startswith(REPORT_PREFIX))
+    report = json.loads(line.removeprefix(REPORT_PREFIX))
+    report["seconds"] = {name: stamp - started for name, stamp in report.pop("stamps").items()}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "official"])
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="default: reduce-overhead on CUDA (CUDA graphs), default on the CPU",
+    )
+    parser.add_argument("--warm-runs", type=int, default=1)
+    parser.add_argument(
+        "--workdir", default=None, help="keep the saved policy and the cache here (default: temp)"
+    )
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--child", choices=["save", "start"], help=argparse.SUPPRESS)
+    parser.add_argument("--policy-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.compile_mode = args.compile_mode or (
+        "reduce-overhead" if args.device.startswith("cuda") else "default"
+    )
+    if args.child == "save":
+        return child_save(args)
+    if args.child == "start":
+        return child_start(args)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="defi_compiled_start_"))
+    args.policy_dir, args.cache_dir = str(workdir / "policy"), str(workdir / "compile_cache")
+    shutil.rmtree(args.cache_dir, ignore_errors=True)  # cold means cold
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # Inductor's cache goes inside the (empty) compile cache folder: nothing compiled earlier on this machine helps.
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    env.pop("TRITON_CACHE_DIR", None)
+    if not (Path(args.policy_dir) / "model.safetensors").is_file():
+        run_child(args, "save", env)
+    runs = [("cold", run_child(args, "start", env))]
+    print(f"cold start done: first action after {runs[0][1]['seconds']['first_action']:.1f} s", flush=True)
+    for index in range(args.warm_runs):
+        runs.append((f"warm {index + 1}", run_child(args, "start", env)))
+
+    cold_action = runs[0][1]["action"]
+    header = (
+        f"{'start':<8} {'imports s':>9} {'loaded s':>9} {'1st action s':>12} {'compile s':>10} "
+        f"{'2nd chunk ms':>12} {'entry':>7} {'fx hit/miss':>11} {'same action':>11}"
+    )
+    print(
+        f"\n{args.size} policy, {args.device} ({runs[0][1]['device_name']}), compile_mode={args.compile_mode}, "
+        f"torch {runs[0][1]['torch']}; seconds from process start"
+    )
+    print(header)
+    for name, report in runs:
+        s = report["seconds"]
+        entry = "loaded" if report["entry_loaded"] else "saved" if report["entry_saved"] else "none"
+        print(
+            f"{name:<8} {s['imported']:>9.1f} {s['loaded']:>9.1f} {s['first_action']:>12.1f} "
+            f"{s['first_action'] - s['loaded']:>10.1f} {report['second_chunk_ms']:>12.1f} {entry:>7} "
+            f"{report['fxgraph_hits']:>5}/{report['fxgraph_misses']:<5} {'yes' if report['action'] == cold_action else 'NO':>11}"
+        )
+    print(f"cache folder: {args.cache_dir}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": dict(runs)}, indent=2))
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
