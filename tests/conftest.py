@@ -37,6 +37,20 @@ def one_video_backend_probe():
     patch.undo()
 
 
+@pytest.fixture(autouse=True)
+def restore_logging_handlers():
+    """Command lines under test install logging handlers on the root logger (LeRobot's ``init_logging``) bound
+    to the stderr pytest captured for that test; put the root logger back so a later test does not log into a
+    closed capture."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def calvin_slice() -> Path:
     if not CALVIN_SLICE.is_dir():
