@@ -27,9 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from lerobot_defi.conversions import episode_writer
-from lerobot_defi.conversions.calvin import (
+from lerobot_defi.conversions.calvin import convert_calvin
+from lerobot_defi.conversions.calvin_format import (
     ReadOptions,
-    convert_calvin,
     features,
     plan_episodes,
     read_episode,

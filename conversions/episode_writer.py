@@ -3,31 +3,13 @@
 A converter provides an ordered list of ``(source key, payload)`` items and a picklable ``read_episode``
 function ``payload -> EpisodeFrames`` (per-frame arrays + tasks). Episodes are read by ``num_workers``
 processes (a bounded read-ahead window keeps the order and the memory in check) and written in order by
-the main process (``add_frame`` / ``save_episode``; video encoding happens there).
-
-Resume: ``<root>/conversion_progress.json`` lists the source key of every episode saved so far (its
-position is the episode index), the inputs that were skipped as bad, and whether the run finalized.
-A second run with the same arguments appends only what is missing. An exception or Ctrl-C still finalizes
-what was saved. A run killed outright (SIGKILL, out of memory, power loss) leaves open parquet files without
-footers, so the writer checkpoints: at the start of a run and every ``checkpoint_every`` saved episodes it
-finalizes the dataset (every file complete), records the files of ``data/ videos/ meta/`` with their sizes and
-copies the files LeRobot rewrites in place (``meta/info.json``, ``stats.json``, ``tasks.parquet``) into
-``<root>/.conversion_checkpoint/``, then resumes writing (LeRobot's resume starts new data/video files). The next
-run after such a kill rolls back to the last checkpoint (deletes the newer files, restores the copies) and
-redoes the episodes after it, giving the same episodes, frames and stats as an uninterrupted run. The dataset
-is complete only when ``conversion_progress.json`` says ``"finalized": true``.
-
-Until then it is visibly incomplete: while a run writes, and after a run that stopped (bad input without
-``--skip_bad=true``, an error, Ctrl-C, a kill), ``meta/info.json`` carries a ``codebase_version`` that starts with
-``INCOMPLETE`` and says why, so ``LeRobotDataset(...)`` (and ``lerobot-train``) refuses it with that one line
-instead of loading part of the data as if it were all of it. The progress file then records ``planned`` and
-``written`` episodes and the ``error``; the next run of the same command continues from the episodes written.
+the main process (``add_frame`` / ``save_episode``; video encoding happens there). Resume, checkpoints and the
+mark of an unfinished dataset: ``conversion_progress.py``; the shared errors: ``conversion_errors.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -43,18 +25,22 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .conversion_errors import ConversionInputError, SkipEpisode
+from .conversion_progress import (
+    CHECKPOINT_DIR,
+    PROGRESS_FILE,
+    WRITING,
+    load_progress,
+    mark_complete,
+    mark_incomplete,
+    roll_back_to_checkpoint,
+    save_progress,
+    unmark_for_resume,
+    write_checkpoint,
+)
+
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE = "conversion_progress.json"
-CHECKPOINT_DIR = ".conversion_checkpoint"
-LEROBOT_DIRS = ("data", "videos", "meta", "images")  # what LeRobot writes under root (rolled back on resume)
-REWRITTEN_IN_PLACE = ("meta/info.json", "meta/stats.json", "meta/tasks.parquet")
-# meta/info.json's codebase_version while the dataset is not complete: LeRobot cannot parse it as a version and
-# refuses to load the dataset, printing it ("Invalid version: 'INCOMPLETE dataset: ...'").
-INCOMPLETE_MARK = "INCOMPLETE dataset"
-WRITING = "a lerobot-defi-convert run is writing it, or was stopped or killed before it finished"
-# Exit status of every lerobot-defi-convert command stopped by bad input (usage errors are 2 as well).
-BAD_INPUT_EXIT_CODE = 2
 # The writer never decodes video; naming a backend keeps LeRobot from probing torchcodec (a long traceback
 # where FFmpeg's shared libraries are missing).
 WRITER_VIDEO_BACKEND = "pyav"
@@ -65,16 +51,6 @@ def default_root(repo_id: str) -> Path:
     from lerobot.utils.constants import HF_LEROBOT_HOME
 
     return Path(HF_LEROBOT_HOME) / repo_id
-
-
-class ConversionInputError(ValueError):
-    """Bad input that stops a conversion (re-run with --skip_bad=true to skip such episodes)."""
-
-
-def report_bad_input(error: BaseException) -> int:
-    """Print ``error: <message>`` on its own line of stderr; return ``BAD_INPUT_EXIT_CODE`` (for a ``main``)."""
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    return BAD_INPUT_EXIT_CODE
 
 
 def quiet_video_encoding() -> None:
@@ -88,11 +64,6 @@ def quiet_video_encoding() -> None:
     os.environ.setdefault("SVT_LOG", "1")
     av.logging.set_libav_level(av.logging.ERROR)
     datasets.disable_progress_bars()
-
-
-class SkipEpisode(Exception):
-    """Raised by a converter's ``read_episode`` for a valid source episode it does not convert by design
-    (e.g. an OXE episode without language); always skipped and listed in ``ConversionReport.skipped``."""
 
 
 @dataclass
@@ -131,138 +102,6 @@ class ConversionReport:
         lines += [f"  skipped {key}: {why}" for key, why in list(self.skipped.items())[:20]]
         lines += [f"  skipped {key}: {why}" for key, why in self.bad.items()]
         return "\n".join(lines)
-
-
-def _load_progress(root: Path) -> dict | None:
-    path = root / PROGRESS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _save_progress(root: Path, progress: dict) -> None:
-    tmp = root / (PROGRESS_FILE + ".partial")
-    tmp.write_text(json.dumps(progress, indent=1))
-    os.replace(tmp, root / PROGRESS_FILE)
-
-
-def _lerobot_files(root: Path) -> dict[str, int]:
-    """``{relative path: size}`` of every file LeRobot wrote under root."""
-    return {
-        path.relative_to(root).as_posix(): path.stat().st_size
-        for folder in LEROBOT_DIRS
-        for path in sorted((root / folder).rglob("*"))
-        if path.is_file()
-    }
-
-
-def _incomplete_version(reason: str) -> str:
-    return (
-        f"{INCOMPLETE_MARK}: {reason}; see {PROGRESS_FILE} in this folder, then run the same "
-        "lerobot-defi-convert command again to complete it"
-    )
-
-
-def _mark_incomplete(dataset, reason: str) -> None:
-    """Make ``meta/info.json`` say the dataset is incomplete (LeRobot then refuses to load it, with ``reason``);
-    LeRobot keeps the mark whenever it rewrites the file during the run."""
-    from lerobot.datasets.io_utils import write_info
-
-    dataset.meta.info.codebase_version = _incomplete_version(reason)
-    write_info(dataset.meta.info, dataset.meta.root)
-
-
-def _mark_complete(dataset) -> None:
-    from lerobot.datasets.dataset_metadata import CODEBASE_VERSION
-    from lerobot.datasets.io_utils import write_info
-
-    dataset.meta.info.codebase_version = CODEBASE_VERSION
-    write_info(dataset.meta.info, dataset.meta.root)
-
-
-def _unmark_for_resume(root: Path) -> None:
-    """Give ``meta/info.json`` LeRobot's version back so ``LeRobotDataset.resume`` opens the dataset to append."""
-    from lerobot.datasets.dataset_metadata import CODEBASE_VERSION
-    from lerobot.datasets.io_utils import load_info, write_info
-
-    info = load_info(root)
-    if info.codebase_version.startswith(INCOMPLETE_MARK):
-        info.codebase_version = CODEBASE_VERSION
-        write_info(info, root)
-
-
-def _write_checkpoint(root: Path, progress: dict) -> None:
-    """Record the finalized dataset at root as the state a killed run rolls back to (see the module docstring)."""
-    name = f"{len(progress['episodes']):09d}"
-    snapshot = root / CHECKPOINT_DIR / name
-    if snapshot.exists():
-        shutil.rmtree(snapshot)
-    snapshot.mkdir(parents=True)
-    for relative in REWRITTEN_IN_PLACE:
-        if (root / relative).is_file():
-            shutil.copyfile(root / relative, snapshot / Path(relative).name)
-    files = _lerobot_files(root)
-    progress["checkpoint"] = {
-        "dir": name,
-        "episodes": len(progress["episodes"]),
-        "bad": dict(progress["bad"]),
-        "skipped": dict(progress["skipped"]),
-        "files": {k: v for k, v in files.items() if k not in REWRITTEN_IN_PLACE},
-    }
-    _save_progress(root, progress)
-    for old in (root / CHECKPOINT_DIR).iterdir():
-        if old.name != name:
-            shutil.rmtree(old)
-
-
-def _roll_back_to_checkpoint(root: Path, progress: dict) -> dict | None:
-    """Undo what a killed run wrote after its last checkpoint; returns the progress to resume from, or ``None``
-    when nothing was checkpointed with episodes (the caller starts the dataset afresh)."""
-    checkpoint = progress.get("checkpoint")
-    if not checkpoint or checkpoint["episodes"] == 0:
-        for folder in (*LEROBOT_DIRS, CHECKPOINT_DIR):
-            shutil.rmtree(root / folder, ignore_errors=True)
-        return None
-    snapshot = root / CHECKPOINT_DIR / checkpoint["dir"]
-    present = _lerobot_files(root)
-    damaged = [k for k, size in checkpoint["files"].items() if present.get(k) != size]
-    if damaged or not snapshot.is_dir():
-        raise ConversionInputError(
-            f"{root}: cannot roll back to the last checkpoint ({len(damaged)} of its files changed or are missing, "
-            f"e.g. {damaged[:3]}; snapshot {snapshot} {'present' if snapshot.is_dir() else 'missing'}); delete the "
-            "folder or pass --overwrite=true"
-        )
-    for relative in present:
-        if relative not in checkpoint["files"]:
-            (root / relative).unlink()
-    for relative in REWRITTEN_IN_PLACE:
-        if (snapshot / Path(relative).name).is_file():
-            shutil.copyfile(snapshot / Path(relative).name, root / relative)
-    for folder in LEROBOT_DIRS:  # drop the folders the deleted files leave empty
-        for path in sorted((root / folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-    if progress.get("error") and checkpoint["episodes"] == len(progress["episodes"]):
-        logger.info(
-            "%s: continuing the run that stopped after %d of %d episodes (%s)",
-            root,
-            checkpoint["episodes"],
-            progress.get("planned", 0),
-            progress["error"],
-        )
-    else:
-        logger.warning(
-            "%s: the previous run was killed before finalizing; rolled back to its checkpoint at %d episodes "
-            "(%d saved after it are redone)",
-            root,
-            checkpoint["episodes"],
-            len(progress["episodes"]) - checkpoint["episodes"],
-        )
-    progress.update(  # still not finalized: the dataset is the checkpoint's, the run goes on from there
-        episodes=progress["episodes"][: checkpoint["episodes"]],
-        bad=dict(checkpoint["bad"]),
-        skipped=dict(checkpoint["skipped"]),
-    )
-    _save_progress(root, progress)
-    return progress
 
 
 def _read_ahead(
@@ -368,7 +207,7 @@ def write_episodes(
     root = Path(root)
     if overwrite and root.exists():
         shutil.rmtree(root)
-    progress_state = _load_progress(root)
+    progress_state = load_progress(root)
     if progress_state is None and root.exists() and any(root.iterdir()):
         # Only meta/info.json: create() ran, then the run was killed before its progress file; start afresh.
         contents = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
@@ -378,14 +217,14 @@ def write_episodes(
                 "--root or pass --overwrite=true"
             )
     if progress_state is not None and not progress_state.get("finalized", False):
-        progress_state = _roll_back_to_checkpoint(root, progress_state)
+        progress_state = roll_back_to_checkpoint(root, progress_state)
 
     # LeRobot's streaming encoder DROPS a frame (with only a log warning) when its queue stays full for 0.1 s,
     # which happens when the CPU is busy; 0 makes the queue unbounded, so at most one episode's frames wait there.
     encoder_queue_maxsize = 0
 
     def open_dataset() -> LeRobotDataset:
-        _unmark_for_resume(root)
+        unmark_for_resume(root)
         dataset = LeRobotDataset.resume(
             repo_id,
             root=root,
@@ -394,7 +233,7 @@ def write_episodes(
             encoder_queue_maxsize=encoder_queue_maxsize,
             image_writer_threads=image_writer_threads,
         )
-        _mark_incomplete(dataset, WRITING)
+        mark_incomplete(dataset, WRITING)
         return dataset
 
     image_writer_threads = 0
@@ -411,7 +250,7 @@ def write_episodes(
             encoder_queue_maxsize=encoder_queue_maxsize, video_files_size_in_mb=video_files_size_in_mb,
             video_backend=WRITER_VIDEO_BACKEND, image_writer_threads=image_writer_threads,
         )  # fmt: skip
-        _mark_incomplete(dataset, WRITING)
+        mark_incomplete(dataset, WRITING)
         progress_state = {"repo_id": repo_id, "episodes": [], "bad": {}, "skipped": {}, "finalized": False}
     else:
         # Checked on meta/info.json as it is, before LeRobot reopens the dataset (which unmarks it): a refused run
@@ -432,8 +271,8 @@ def write_episodes(
         dataset = open_dataset()
         progress_state["finalized"] = False
     progress_state["planned"] = len(items)
-    _save_progress(root, progress_state)
-    _write_checkpoint(root, progress_state)
+    save_progress(root, progress_state)
+    write_checkpoint(root, progress_state)
 
     report = ConversionReport(root)
     done = set(progress_state["episodes"])
@@ -455,7 +294,7 @@ def write_episodes(
                 except SkipEpisode as err:
                     report.skipped[key] = str(err)
                     progress_state["skipped"][key] = str(err)
-                    _save_progress(root, progress_state)
+                    save_progress(root, progress_state)
                     _report_result(bar, on_result, key, "skipped", None)
                     continue
                 except bad_input_errors as err:
@@ -466,12 +305,12 @@ def write_episodes(
                     _warn(bar, f"skipping {key}: {err}")
                     report.bad[key] = str(err)
                     progress_state["bad"][key] = str(err)
-                    _save_progress(root, progress_state)
+                    save_progress(root, progress_state)
                     _report_result(bar, on_result, key, "bad", None)
                     continue
                 episode_index = dataset.meta.total_episodes - 1
                 progress_state["episodes"].append(key)
-                _save_progress(root, progress_state)
+                save_progress(root, progress_state)
                 report.written.append(key)
                 if on_saved is not None:
                     on_saved(key, episode_index, result)
@@ -479,7 +318,7 @@ def write_episodes(
                 since_checkpoint = len(progress_state["episodes"]) - progress_state["checkpoint"]["episodes"]
                 if since_checkpoint >= checkpoint_every:
                     dataset.finalize()
-                    _write_checkpoint(root, progress_state)
+                    write_checkpoint(root, progress_state)
                     dataset = open_dataset()
     except BaseException as err:  # an error or Ctrl-C: keep what was saved, mark the dataset incomplete
         failure = err
@@ -492,11 +331,11 @@ def write_episodes(
         written, planned = len(progress_state["episodes"]), len(items)
         progress_state["written"] = written
         if stopped_by is None and failure is None:
-            _mark_complete(dataset)
+            mark_complete(dataset)
             progress_state["finalized"] = True
             progress_state.pop("checkpoint", None)
             progress_state.pop("error", None)
-            _save_progress(root, progress_state)
+            save_progress(root, progress_state)
             shutil.rmtree(root / CHECKPOINT_DIR, ignore_errors=True)
         else:
             if stopped_by is not None:
@@ -506,8 +345,8 @@ def write_episodes(
                 name = type(failure).__name__
                 progress_state["error"] = f"{name}: {failure}" if str(failure) else name
                 why = f"the conversion stopped ({name}) after {written} of {planned} episodes"
-            _write_checkpoint(root, progress_state)  # what the next run continues from
-            _mark_incomplete(dataset, why)
+            write_checkpoint(root, progress_state)  # what the next run continues from
+            mark_incomplete(dataset, why)
     if stopped_by is not None:
         key, err = stopped_by
         raise ConversionInputError(

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from lerobot_defi.command_line import CommandLineError, parse_command_line
 
+from .conversion_errors import ConversionInputError, report_bad_input
 from .episode_writer import (
-    ConversionInputError,
     ConversionOutputConfig,
     ConversionReport,
     EpisodeFrames,
     default_root,
-    report_bad_input,
     write_episodes,
 )
 from .oxe_datasets import UnknownOXEDatasetError

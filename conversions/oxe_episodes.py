@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .episode_writer import SkipEpisode
+from .conversion_errors import SkipEpisode
 from .oxe_datasets import OXEDatasetKeys, canonical_name, lookup
 from .rlds_builder import Episode, FeatureSpec, RLDSBuilder, RLDSFormatError, decode_image
 from .rlds_reader import RecordLocation

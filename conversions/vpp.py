@@ -34,14 +34,13 @@ from pathlib import Path
 
 from lerobot_defi.command_line import CommandLineError, parse_command_line
 
+from .conversion_errors import ConversionInputError, report_bad_input
 from .episode_writer import (
     WRITER_VIDEO_BACKEND,
-    ConversionInputError,
     ConversionOutputConfig,
     ConversionReport,
     EpisodeFrames,
     default_root,
-    report_bad_input,
     write_episodes,
 )
 from .vpp_episodes import VPPPlan, plan_vpp_conversion, read_vpp_episode

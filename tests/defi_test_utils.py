@@ -51,7 +51,7 @@ def assert_stopped_incomplete(repo_id: str, root: Path, written: int, planned: i
 
     import pytest
     from lerobot.datasets import LeRobotDataset
-    from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
+    from lerobot_defi.conversions.conversion_progress import PROGRESS_FILE
 
     progress = json.loads((root / PROGRESS_FILE).read_text())
     assert progress["finalized"] is False and (progress["written"], progress["planned"]) == (written, planned)

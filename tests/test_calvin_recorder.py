@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from calvin_fakes import save_random_act_checkpoint
-from lerobot_defi.conversions.calvin import ReadOptions, features
+from lerobot_defi.conversions.calvin_format import ReadOptions, features
 from test_calvin_env import REAL_SKIP_REASON, run_lerobot_eval
 
 from lerobot_defi.envs.calvin import CalvinEnv

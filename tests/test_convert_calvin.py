@@ -12,14 +12,9 @@ import pytest
 import torch
 from defi_test_utils import assert_stopped_incomplete
 from lerobot.datasets import LeRobotDataset
-from lerobot_defi.conversions.calvin import (
-    CalvinFormatError,
-    convert_calvin,
-    frame_instructions,
-    main,
-    plan_episodes,
-)
-from lerobot_defi.conversions.episode_writer import ConversionInputError
+from lerobot_defi.conversions.calvin import convert_calvin, main
+from lerobot_defi.conversions.calvin_format import CalvinFormatError, frame_instructions, plan_episodes
+from lerobot_defi.conversions.conversion_errors import ConversionInputError
 
 
 def frames_of(split_dir, first, last):

@@ -9,7 +9,7 @@ import torch
 from defi_test_utils import TESTS_DIR, assert_stopped_incomplete, error_line
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot_defi.conversions.cli import main as convert_cli
-from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
+from lerobot_defi.conversions.conversion_progress import PROGRESS_FILE
 from lerobot_defi.conversions.vpp import convert_vpp, export_vpp
 from lerobot_defi.conversions.vpp_episodes import read_video
 from lerobot_defi.conversions.vpp_format import read_annotation

@@ -139,7 +139,7 @@ class EpisodeOptions:
 
 def recording_features(camera_size: int | None) -> dict[str, dict]:
     """The features of ``lerobot-defi-convert calvin`` (cameras resized to ``camera_size`` when given)."""
-    from lerobot_defi.conversions.calvin import ReadOptions, features
+    from lerobot_defi.conversions.calvin_format import ReadOptions, features
 
     out = features(ReadOptions())
     if camera_size is not None:
@@ -179,7 +179,8 @@ def play_episode(options: EpisodeOptions, attempt: tuple[str, int]):
 
 
 def _play(simulator, oracle, options: EpisodeOptions, task: str, seed: int):
-    from lerobot_defi.conversions.episode_writer import EpisodeFrames, SkipEpisode
+    from lerobot_defi.conversions.conversion_errors import SkipEpisode
+    from lerobot_defi.conversions.episode_writer import EpisodeFrames
 
     start = draw_task_start(task, seed, purpose="record", home_joint_noise=options.home_joint_noise)
     observation = reset_for_episode(simulator, start.robot_obs, start.scene_obs)
@@ -218,9 +219,13 @@ def _play(simulator, oracle, options: EpisodeOptions, task: str, seed: int):
     sentences = training_instructions()[task]
     sentence = sentences[int(np.random.default_rng([seed, 11]).integers(len(sentences)))]
     n = len(frames)
-    episode = {  # cameras as rendered (at camera_size when given)
-        "observation.images.static": np.stack([o["rgb_obs"]["rgb_static"] for o, _ in frames]),
-        "observation.images.gripper": np.stack([o["rgb_obs"]["rgb_gripper"] for o, _ in frames]),
+    episode = {  # cameras as rendered (at camera_size when given); PyBullet hands back integer arrays
+        "observation.images.static": np.stack([o["rgb_obs"]["rgb_static"] for o, _ in frames]).astype(
+            np.uint8
+        ),
+        "observation.images.gripper": np.stack([o["rgb_obs"]["rgb_gripper"] for o, _ in frames]).astype(
+            np.uint8
+        ),
         "observation.state": np.stack([o["robot_obs"] for o, _ in frames]).astype(np.float32),
         "observation.environment_state": np.stack([o["scene_obs"] for o, _ in frames]).astype(np.float32),
         "action": np.stack([a for _, a in frames]).astype(np.float32),
@@ -334,7 +339,7 @@ def record_calvin(config: RecordCalvinConfig, progress: bool = True) -> Path:
 
 
 def _progress_state(root: Path) -> dict | None:
-    from lerobot_defi.conversions.episode_writer import PROGRESS_FILE
+    from lerobot_defi.conversions.conversion_progress import PROGRESS_FILE
 
     path = root / PROGRESS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
