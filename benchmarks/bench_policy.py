@@ -338,7 +338,7 @@ def main() -> None:
     for section, values in results.items():
         for key, value in values.items():
             print(f"{section:45s} {key:42s} {value}")
-    print("FLOP floor per chunk at batch 1 on an H100: 6.57 TFLOP / 790 TFLOP/s = 8.3 ms (spec 6.2)")
+    print("FLOP floor per chunk, batch 1, H100: 6.57 TFLOP / 790 TFLOP/s = 8.3 ms (docs/method.md §6.2)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Reads ``<dataset>/<version>/`` (``dataset_info.json``, ``features.json``, TFReco
 (``rlds_reader`` / ``rlds_builder``) and writes one LeRobot episode per RLDS episode with the standardized
 keys of ``oxe_episodes`` (``observation.images.primary`` / ``.wrist`` videos, ``observation.state``,
 ``action``, per-frame ``task``) at the dataset's control frequency from the ``oxe_datasets`` table.
-Episodes without a language instruction are skipped (GIDM pretraining needs one, spec 3.3) unless
+Episodes without a language instruction are skipped (GIDM pretraining needs one, docs/method.md §3.3) unless
 ``--keep_unlabeled=true``.
 
 Example::

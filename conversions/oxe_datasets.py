@@ -1,4 +1,5 @@
-"""Per-dataset keys of the Open X-Embodiment datasets in DeFI's GIDM pretraining mixture (spec 3.3).
+"""Per-dataset keys of the Open X-Embodiment datasets in DeFI's GIDM pretraining mixture
+(docs/method.md §3.3).
 
 One row per RLDS dataset: which raw step features hold the primary / wrist camera, the language
 instruction, the action and the proprioceptive state, and the control frequency. Keys are relative
@@ -8,14 +9,14 @@ convention changes: GIDM pretraining uses frames + language only, so we keep the
 
 Where the facts come from (read, not copied):
 * dataset names and mixture: UniVLA ``prismatic/vla/datasets/rlds/oxe/mixtures.py``
-  (``omni_magic_soup_plus_plus`` minus the navigation sets = spec 3.3);
+  (``omni_magic_soup_plus_plus`` minus the navigation sets = docs/method.md §3.3);
 * primary / wrist image keys: UniVLA (= OpenVLA) ``oxe/configs.py`` ``image_obs_keys``;
 * raw language / action / state keys: the raw fields that UniVLA ``oxe/transforms.py`` reads per dataset
   (``observation/natural_language_instruction`` for the Google-converted sets, ``steps/language_instruction``
   for the sets "converted externally to RLDS", the int-coded ``observation/instruction`` of Language Table),
   cross-checked for fractal20220817_data against the TFDS catalog entry (tensorflow/datasets
-  ``docs/catalog/fractal20220817_data.md``) and for bridge_dataset against the real debug shards in
-  ``shared/data/oxe_bridge_debug``;
+  ``docs/catalog/fractal20220817_data.md``) and for bridge_dataset against real ``bridge_dataset`` debug
+  shards (a slice of them is in ``tests/data/oxe_bridge_slice``);
 * control frequency: the OXE dataset overview sheet as carried by LeRobot's former OpenX port
   (``lerobot/common/datasets/push_dataset_to_hub/openx/configs.yaml``, ``fps``); Ego4D: UniVLA's
   ``preprocess_ego4d.py`` keeps every 15th frame of 30 fps video (2 Hz).
@@ -109,7 +110,7 @@ OXE_DATASETS: dict[str, OXEDatasetKeys] = {
 }
 # fmt: on
 
-# Other names under which the same builders are published or referred to (spec 3.3 short names,
+# Other names under which the same builders are published or referred to (docs/method.md §3.3 short names,
 # OpenVLA/UniVLA config names).
 OXE_DATASET_ALIASES: dict[str, str] = {
     "bridge_oxe": "bridge",
@@ -144,8 +145,8 @@ OXE_DATASET_ALIASES: dict[str, str] = {
     },
 }
 
-# The GIDM pretraining mixture as spec 3.3 names it, with its sampling weights (before they are multiplied
-# by each dataset's number of transitions). Every name resolves to a row through ``canonical_name``.
+# The GIDM pretraining mixture as docs/method.md §3.3 names it, with its sampling weights (before they are
+# multiplied by each dataset's number of transitions). Every name resolves to a row through ``canonical_name``.
 GIDM_MIXTURE_WEIGHTS: dict[str, float] = {
     "fractal20220817_data": 0.5, "kuka": 0.1, "bridge_dataset": 1.0, "taco_play": 2.0, "jaco_play": 1.0,
     "berkeley_cable_routing": 1.0, "roboturk": 2.0, "viola": 2.0, "berkeley_autolab_ur5": 2.0, "toto": 1.0,

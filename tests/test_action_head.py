@@ -1,4 +1,5 @@
-"""Action head: shapes, the causal cross-attention mask, AdaLN, context caching, loss, sampling (spec 4.3 f-g)."""
+"""Action head: shapes, the causal cross-attention mask, AdaLN, context caching, loss, sampling
+(docs/method.md §4.3f, §4.3g)."""
 
 import dataclasses
 
@@ -51,7 +52,8 @@ def test_official_size_trainable_parameter_count():
     with torch.device("meta"):
         head = ActionHead(ActionHeadConfig(), 7, 10, 512, 384, 768, context_length=229)
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in head.named_children()}
-    # spec 6.1: encoder 7.09 M, decoder 13.00 M, sigma-emb 0.59 M, lang_emb 0.69 M, tok_emb 0.15 M, tok_emb_token 0.30 M
+    # docs/method.md §6.1: encoder 7.09 M, decoder 13.00 M, sigma-emb 0.59 M, lang_emb 0.69 M, tok_emb 0.15 M,
+    # tok_emb_token 0.30 M
     assert sum(counts[n] for n in ("context_blocks", "context_norm")) == pytest.approx(7.09e6, rel=2e-3)
     assert sum(counts[n] for n in ("denoising_blocks", "output_norm")) == pytest.approx(13.00e6, rel=2e-3)
     assert counts["sigma_embedding"] == pytest.approx(0.59e6, rel=1e-2)

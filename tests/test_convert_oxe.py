@@ -39,7 +39,7 @@ pytest.importorskip(
 
 
 def test_table_covers_every_dataset_of_the_gidm_mixture():
-    assert len(GIDM_MIXTURE_WEIGHTS) == 30  # spec 3.3: 26 robot datasets + ego4d_split_1..4
+    assert len(GIDM_MIXTURE_WEIGHTS) == 30  # docs/method.md §3.3: 26 robot datasets + ego4d_split_1..4
     for name in GIDM_MIXTURE_WEIGHTS:
         row = lookup(name)
         assert row.primary_image.startswith("observation/"), name

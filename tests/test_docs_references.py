@@ -140,7 +140,6 @@ def test_docs_references_resolve():
     assert not unresolved(references, all_pages()), "\n".join(unresolved(references, all_pages()))
 
 
-@pytest.mark.xfail(strict=True, reason="code references are rewritten in the next round of issue 16")
 def test_no_references_outside_the_repository():
     """(b) Nothing in code, configs, tests or README cites a document outside the repository."""
     hits = []

@@ -1,12 +1,13 @@
 """With the same weights, observation, instruction and noise, the policy computes the original's function
-(issue 15; spec 2.2, 3.1, 4.2, 4.3, 5.4, 8 items 10 and 26).
+(docs/method.md §2.2, §3.1, §4.2, §4.3, §5.4, §8.10, §8.26).
 
 The reference below re-computes the original's Stage-3 data flow from uint8 camera images and instruction
 strings. It reuses the policy's network layers (GFDM UNet pass, Video Former, GIDM blocks and projections,
-action head), which are checked against the original elsewhere, but does on its own what issue 15 is about:
-the image transform (torchvision ``Resize`` on uint8, ``/ 255``, ``Normalize``), the CLIP context (ids and
-attention mask), T5 on the batch padded to its longest (ids and mask, dropout in training), the GIDM's
-key-padding mask tiled as the original tiles it, and the vector quantiser's losses.
+action head), which are checked against the original elsewhere, but does on its own the parts where a port
+most easily drifts from the original: the image transform (torchvision ``Resize`` on uint8, ``/ 255``,
+``Normalize``), the CLIP context (ids and attention mask), T5 on the batch padded to its longest (ids and mask,
+dropout in training), the GIDM's key-padding mask tiled as the original tiles it, and the vector quantiser's
+losses.
 """
 
 from contextlib import contextmanager
@@ -48,7 +49,8 @@ def policy_batch(policy: DeFIPolicy, cameras: dict, dtype: torch.dtype, actions=
 def original_function(
     policy: DeFIPolicy, cameras: dict, tasks: list[str], dtype: torch.dtype, t5_training: bool = False
 ) -> dict:
-    """The original's forward up to the action head's context (spec 4.3 a-f), from uint8 images."""
+    """The original's forward up to the action head's context (docs/method.md §4.3a–§4.3f), from uint8
+    images."""
     cfg = policy.config
     text = policy.text
     gidm = policy.gidm
@@ -97,7 +99,7 @@ def original_function(
     x = gidm.input_projection(torch.cat([queries, frames], dim=2)) + gidm.position_code
     x = torch.cat([x, language[:, None].expand(-1, 2, -1, -1)], dim=2)
     # key-padding mask [ones(queries + patches), T5 mask] repeated T times: row (sample s, frame t) = s*T + t
-    # gets the mask of sample (s*T + t) % B (spec 8 item 10)
+    # gets the mask of sample (s*T + t) % B (docs/method.md §8.10)
     visual = torch.ones(b, x.shape[2] - language.shape[1], dtype=torch.long)
     keys = torch.cat([visual, t5_inputs.attention_mask], dim=1).repeat(2, 1).bool()
     for block in gidm.blocks:

@@ -1,4 +1,5 @@
-"""DeFIPolicy: official sizes, training step, action queue, save/load, processors, bad input (spec 4, 5, 9)."""
+"""DeFIPolicy: official sizes, training step, action queue, save/load, processors, bad input
+(docs/method.md §4, §5, §9)."""
 
 import json
 
@@ -14,7 +15,8 @@ from lerobot_defi.policy.processor_defi import DeFIImageProcessorStep, make_defi
 
 
 def test_official_size_policy_trainable_parameters(tmp_path):
-    """The whole official-size policy: frozen parts as meta skeletons, trainable parts real (spec 6.1)."""
+    """The whole official-size policy: frozen parts as meta skeletons, trainable parts real
+    (docs/method.md §6.1)."""
     config = DeFIConfig(device="cpu", **official_random_config_overrides())
     config.input_features = {k: PolicyFeature(FeatureType.VISUAL, s) for k, s in CALVIN_CAMERAS.items()}
     config.output_features = {"action": PolicyFeature(FeatureType.ACTION, (7,))}
@@ -234,8 +236,8 @@ def test_bad_input_names_what_is_missing():
 
 
 def test_images_are_resized_as_uint8_images_like_the_original():
-    """The original's transform (spec 4.2): torchvision ``Resize(size, antialias=True)`` on the uint8 image,
-    then ``float / 255`` and ``Normalize(0.5, 0.5)``; LeRobot hands the processor those uint8 images / 255."""
+    """The original's transform (docs/method.md §4.2): torchvision ``Resize(size, antialias=True)`` on the uint8
+    image, then ``float / 255`` and ``Normalize(0.5, 0.5)``; LeRobot hands the processor those uint8 images / 255."""
     from torchvision import transforms
 
     def original(dtype):

@@ -1,6 +1,6 @@
 """Frozen instruction encoders: shapes, pooled goal, T5 masks, per-instruction cache, offline tokenizers, and
-the original's text function (spec 2.2, 3.1, 5.4, 8 item 26): CLIP context with the attention mask, T5 padded
-slots of the batch padded to its longest, T5 dropout in training."""
+the original's text function (docs/method.md §2.2, §3.1, §5.4, §8.26): CLIP context with the attention mask,
+T5 padded slots of the batch padded to its longest, T5 dropout in training."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Video Former: shapes, official parameter count, cross-frame mixing (spec 4.3 d, 6.1)."""
+"""Video Former: shapes, official parameter count, cross-frame mixing (docs/method.md §4.3d, §6.1)."""
 
 import pytest
 import torch

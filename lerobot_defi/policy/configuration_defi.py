@@ -1,9 +1,9 @@
-"""``DeFIConfig``: the ``defi`` policy type. Defaults are the official CALVIN recipe (spec 9 and appendix A).
+"""``DeFIConfig``: the ``defi`` policy type. Defaults are the official CALVIN recipe (docs/method.md §9, §A).
 
 Cameras and the action dimension come from the dataset's features (``input_features`` /
 ``output_features`` filled by ``lerobot-train``); any dataset with at least one camera and a task string
 works. Every official quirk that changes numbers is a named flag with the official value as default
-(spec section 8; see the README's table).
+(docs/method.md §8, whose table lists every flag).
 
 Pretrained parts have two ways in: a Hub id or folder (``gfdm_path``, ``clip_text_path``, ``t5_path``,
 ``gidm_path``), or an architecture dict for random weights (``gfdm_unet_config``, ...; the ``tiny`` preset in
@@ -45,7 +45,7 @@ class DeFIConfig(PreTrainedConfig):
     video_former_cameras: list[str] | None = None
     # Camera whose predicted frames feed the GIDM; None: the first camera (official: static).
     gidm_camera: str | None = None
-    # Which two predicted GFDM frames the GIDM compares (official: 0 and 5, hard-coded; spec 8 item 5).
+    # Which two predicted GFDM frames the GIDM compares (official: 0 and 5, hard-coded; docs/method.md §8.5).
     gidm_frame_indices: tuple[int, int] = (0, 5)
     # Official sampling keeps only start frames with >= 21 frames left in the episode (min_window_size 21).
     drop_n_last_frames: int = 20
@@ -60,8 +60,8 @@ class DeFIConfig(PreTrainedConfig):
         }
     )
     # Binarise action[gripper_action_index] by sign to exactly -1/+1 on the way out, as the official CALVIN
-    # rollout does (spec 8 item 24; the CALVIN preset sets true). None (default): decided from the training data
-    # when the processors are made: on only if that channel is exactly -1/+1 in the dataset (a binary gripper),
+    # rollout does (docs/method.md §8.24; the CALVIN preset sets true). None (default): decided from the training
+    # data when the processors are made: on only if that channel is exactly -1/+1 in the dataset (a binary gripper),
     # off for continuous grippers and joints (SO-100/101, hands); the decision is saved in config.json.
     binarize_gripper: bool | None = None
     gripper_action_index: int = -1
@@ -76,11 +76,12 @@ class DeFIConfig(PreTrainedConfig):
     gfdm_num_frames: int = 16
     # Up-blocks whose outputs are concatenated as features (1280 + 1280 = 2560 channels officially).
     feature_up_blocks: tuple[int, ...] = (0, 1)
-    # Noise level of the single UNet pass ("timestep: 20" in the official config; spec 8 item 18).
+    # Noise level of the single UNet pass ("timestep: 20" in the official config; docs/method.md §8.18).
     feature_sigma: float = 700.0
-    # SVD micro-conditioning (fps id, motion bucket, noise augmentation) of the policy's UNet pass (spec 8 item 7).
+    # SVD micro-conditioning (fps id, motion bucket, noise augmentation) of the policy's UNet pass
+    # (docs/method.md §8.7).
     added_time_ids: tuple[float, float, float] = (4.0, 127.0, 0.0)
-    # None: fresh noise at every call, as officially (spec 8 item 8); an int: reproducible features.
+    # None: fresh noise at every call, as officially (docs/method.md §8.8); an int: reproducible features.
     feature_noise_seed: int | None = None
 
     # --- frozen text encoders -------------------------------------------------------------------------------
@@ -91,8 +92,8 @@ class DeFIConfig(PreTrainedConfig):
     t5_path: str | None = "google-t5/t5-base"
     t5_config: dict | None = None
     # The original trains with the frozen T5's dropout (0.1) on: its training step puts the whole model in train
-    # mode (spec 8 item 26). True reproduces that in training (T5 then re-runs every step instead of using the
-    # instruction cache); inference never uses dropout.
+    # mode (docs/method.md §8.26). True reproduces that in training (T5 then re-runs every step instead of using
+    # the instruction cache); inference never uses dropout.
     t5_dropout_in_training: bool = True
 
     # --- trainable parts ------------------------------------------------------------------------------------
@@ -109,9 +110,9 @@ class DeFIConfig(PreTrainedConfig):
     optimizer_betas: tuple[float, float] = (0.9, 0.9)
     optimizer_eps: float = 1e-8
     optimizer_weight_decay: float = 0.05
-    # 0 disables clipping (official Stage 3 has none; spec 8 item 23).
+    # 0 disables clipping (official Stage 3 has none; docs/method.md §8.23).
     optimizer_grad_clip_norm: float = 0.0
-    # "constant": the official effective schedule (spec 8 item 1); "tristage": the intended one.
+    # "constant": the official effective schedule (docs/method.md §8.1); "tristage": the intended one.
     lr_schedule: str = "constant"
     # torch.compile mode for the GPU-heavy modules (GFDM pass, Video Former, GIDM, action head), e.g.
     # "reduce-overhead" (CUDA graphs) or "default"; None runs eagerly. Numerics are unchanged up to float

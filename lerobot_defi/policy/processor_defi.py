@@ -1,4 +1,4 @@
-"""Processors of the ``defi`` policy (spec 4.2 and 9).
+"""Processors of the ``defi`` policy (docs/method.md §4.2, §9).
 
 Pre: rename -> batch -> device -> normalize -> images resized to ``image_size`` as 8-bit images (antialiased,
 rounded to whole pixel levels, as the original) and mapped from [0, 1] to [-1, 1]. Post: unnormalize ->
@@ -30,7 +30,7 @@ def resize_8bit(image: Tensor, size: int) -> Tensor:
     resizes its uint8 images (torchvision ``Resize(antialias=True)`` on a uint8 tensor, then ``/ 255``): pixels
     back to 0..255 (exact for images decoded from uint8), bilinear antialiased interpolation in float32, rounded
     half to even to whole levels, then ``/ 255`` in the input's dtype. Resizing the floats directly differs by up
-    to 1/255 (spec 4.2)."""
+    to 1/255 (docs/method.md §4.2)."""
     levels = (image * 255).round().clamp(0, 255).float()
     resized = F.interpolate(levels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round().clamp(0, 255).to(image.dtype) / 255
@@ -74,7 +74,8 @@ class DeFIImageProcessorStep(ObservationProcessorStep):
 @ProcessorStepRegistry.register(name="defi_binarize_gripper")
 @dataclass
 class BinarizeGripperProcessorStep(PolicyActionProcessorStep):
-    """Gripper channel -> +1 (open) if > 0 else -1 (close), as the official rollout does (spec 5.2)."""
+    """Gripper channel -> +1 (open) if > 0 else -1 (close), as the official rollout does
+    (docs/method.md §5.2, §8.24)."""
 
     gripper_index: int = -1
 

@@ -1,5 +1,5 @@
-"""The tri-stage learning-rate schedule that DeFI's config intends (spec 4.8; the released code never applies
-it, so the official default is a constant rate — see ``DeFIConfig.lr_schedule``)."""
+"""The tri-stage learning-rate schedule that DeFI's config intends (docs/method.md §4.8, §8.1; the released code
+never applies it, so the official default is a constant rate — see ``DeFIConfig.lr_schedule``)."""
 
 import math
 from dataclasses import dataclass
