@@ -38,6 +38,10 @@ from pathlib import Path
 
 import draccus
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside this script
+from closed_loop_components import component_configs, write_stand_in_components
+from closed_loop_results import plot_results, summarize_eval
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BENCHMARK_TASKS = [
@@ -442,93 +446,6 @@ class Benchmark:
         (self.out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
         plot_results(results, self.out / PLOT_FILE)
         return results
-
-
-def component_configs(name: str) -> dict[str, dict]:
-    """Architectures of the stand-ins: a ``configs/`` YAML (unet, vae, clip_text, t5, dinov2), or ``tiny`` for the
-    networks of the tiny presets."""
-    import yaml
-
-    if name != "tiny":
-        return yaml.safe_load((CONFIGS / name).read_text())
-    defi = yaml.safe_load((CONFIGS / "defi_tiny.yaml").read_text())["policy"]
-    gidm = yaml.safe_load((CONFIGS / "gidm_tiny.yaml").read_text())
-    return {
-        "unet": defi["gfdm_unet_config"],
-        "vae": defi["gfdm_vae_config"],
-        "clip_text": defi["clip_text_config"],
-        "t5": defi["t5_config"],
-        "dinov2": gidm["dinov2_config"],
-    }
-
-
-def write_stand_in_components(configs: dict[str, dict], out: Path, seed: int) -> None:
-    """Seeded random stand-ins for SVD (``svd_init/``: ``unet/``, ``vae/``), the CLIP text tower
-    (``clip_text/``), T5 (``t5/``) and DINOv2 with registers (``dinov2/``), each saved with its tokenizer or
-    config in the layout its pretrained counterpart has on the Hub."""
-    import torch
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import AutoConfig, AutoModel
-
-    from lerobot_defi.models.text import load_clip_text, load_t5
-
-    torch.manual_seed(seed)
-    UNetSpatioTemporalConditionModel.from_config(configs["unet"]).save_pretrained(out / "svd_init" / "unet")
-    AutoencoderKLTemporalDecoder.from_config(configs["vae"]).save_pretrained(out / "svd_init" / "vae")
-    for name, loader in (("clip_text", load_clip_text), ("t5", load_t5)):
-        model, tokenizer, _ = loader(None, configs[name])
-        model.save_pretrained(out / name)
-        tokenizer.save_pretrained(out / name)
-    dinov2 = dict(configs["dinov2"])
-    model_type = dinov2.pop("model_type", "dinov2_with_registers")
-    AutoModel.from_config(AutoConfig.for_model(model_type, **dinov2)).save_pretrained(out / "dinov2")
-
-
-def summarize_eval(info: dict) -> dict:
-    """Per-task and mean success of a ``lerobot-eval`` ``eval_info.json`` (task-level CALVIN mode)."""
-    per_task = {}
-    for entry in info["per_task"]:
-        successes = entry["metrics"]["successes"]
-        per_task[str(entry["task_id"])] = {
-            "success_rate": sum(successes) / len(successes),
-            "episodes": len(successes),
-        }
-    rates = [v["success_rate"] for v in per_task.values()]
-    return {
-        "mean_success": sum(rates) / len(rates) if rates else None,
-        "episodes_per_task": min((v["episodes"] for v in per_task.values()), default=0),
-        "per_task": per_task,
-        "eval_seconds": info.get("overall", {}).get("eval_s"),
-    }
-
-
-def plot_results(results: dict, path: Path) -> None:
-    """Mean success over tasks vs training steps, one line per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for policy, entry in results["policies"].items():
-        points = [(e["step"], e["mean_success"], e["episodes_per_task"]) for e in entry["evaluations"]]
-        if not points:
-            continue
-        steps, success, _ = zip(*points, strict=True)
-        axis.plot(steps, [100 * s for s in success], marker="o", label=policy)
-        for x, y, n in points:
-            axis.annotate(f"n={n}", (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    axis.set_xlabel(f"training steps (batch {results['config']['batch_size']})")
-    axis.set_ylabel("mean success over tasks (%)")
-    axis.set_ylim(-2, 102)
-    axis.set_title(
-        f"CALVIN, {len(results['config']['tasks'])} tasks, held-out starts (n = episodes per task)"
-    )
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def main() -> None:
