@@ -21,7 +21,7 @@ from lerobot.configs import PreTrainedConfig
 
 from lerobot_defi.envs import calvin_benchmark
 from lerobot_defi.envs.calvin import CalvinEnv
-from lerobot_defi.envs.calvin_benchmark import main, run_sequence
+from lerobot_defi.envs.calvin_benchmark import main
 from lerobot_defi.envs.calvin_metrics import (
     average_length,
     chain_success_rates,
@@ -29,6 +29,7 @@ from lerobot_defi.envs.calvin_metrics import (
     per_task_success,
     summarize,
 )
+from lerobot_defi.envs.calvin_sequence_runner import run_sequence
 from lerobot_defi.envs.calvin_simulator import calvin_env_available
 from lerobot_defi.envs.calvin_video import OUTCOME_HOLD_FRAMES
 

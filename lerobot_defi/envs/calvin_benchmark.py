@@ -16,30 +16,28 @@ appended to ``<output_dir>/sequences.jsonl``; ``--resume=true`` continues an int
 ``results.json`` is written only when every sequence has a result.
 """
 
-import copy
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
-import multiprocessing as mp
-import os
-import queue
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from lerobot.configs import PreTrainedConfig, parser
 from lerobot.utils.import_utils import register_third_party_plugins
-from lerobot.utils.random_utils import set_seed
 from lerobot.utils.utils import init_logging
 from tqdm import tqdm
 
-from lerobot_defi.envs.calvin import SEQUENCE_INDEX_OPTION, CalvinEnv
+from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_metrics import chain_success_rates, format_summary, summarize
+from lerobot_defi.envs.calvin_sequence_runner import (
+    SequenceResult,
+    run_in_process,
+    run_in_workers,
+)
 from lerobot_defi.envs.calvin_sequences import STANDARD_SEQUENCES_FILE, SUBTASKS_PER_SEQUENCE
 from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
@@ -50,7 +48,6 @@ from lerobot_defi.envs.calvin_simulator import (
     calvin_env_package_dir,
     check_dataset_dir,
 )
-from lerobot_defi.envs.calvin_video import SequenceVideoWriter
 from lerobot_defi.envs.configuration_calvin import CalvinEnvConfig, PolicyEnvMismatchError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ class ResumeMismatchError(ValueError):
 RESULTS_FILE = "results.json"
 SEQUENCES_FILE = "sequences.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
-VIDEOS_DIR = "videos"
 # Settings that change the numbers: a resumed run must use the same ones.
 PROTOCOL_KEYS = (
     "policy",
@@ -152,161 +148,6 @@ class CalvinBenchmarkConfig:
             "rename_map": dict(self.rename_map),
             "num_sequences": self.num_sequences,
         }
-
-
-@dataclass
-class SequenceResult:
-    """What one sequence gave: tasks solved in a row, steps spent per attempted task, timings."""
-
-    index: int
-    tasks: list[str]
-    completed: int
-    subtask_steps: list[int]
-    env_steps: int
-    sim_seconds: float
-    policy_seconds: float
-    video: str | None = None
-
-
-def run_sequence(env: CalvinEnv, agent, index: int, video_path: Path | None = None) -> SequenceResult:
-    """Play sequence ``index`` to its end; ``agent`` has ``reset()`` and ``act(observation, instruction)``."""
-    observation, info = env.reset(options={SEQUENCE_INDEX_OPTION: index})
-    agent.reset()
-    writer = SequenceVideoWriter(video_path, fps=env.metadata["render_fps"]) if video_path else None
-    subtask_steps, steps_in_task, env_steps = [], 0, 0
-    sim_seconds = policy_seconds = 0.0
-    try:
-        if writer:
-            writer.add(observation, f"1/{env.subtasks_per_episode} {env.task_description}")
-        while True:
-            caption = f"{info['completed_subtasks'] + 1}/{env.subtasks_per_episode} {env.task_description}"
-            start = time.perf_counter()
-            action = agent.act(observation, env.task_description)
-            stepped = time.perf_counter()
-            observation, _, terminated, truncated, info = env.step(action)
-            sim_seconds += time.perf_counter() - stepped
-            policy_seconds += stepped - start
-            env_steps += 1
-            steps_in_task += 1
-            task_ended = info["subtask_success"] or truncated
-            if task_ended:
-                subtask_steps.append(steps_in_task)
-                steps_in_task = 0
-            if writer:
-                writer.add(observation, caption, outcome=info["subtask_success"] if task_ended else None)
-            if terminated or truncated:
-                break
-            if info["subtask_success"]:
-                agent.reset()  # a new instruction starts from a fresh policy state, as in CALVIN's protocol
-    finally:
-        if writer:
-            writer.close()
-    return SequenceResult(
-        index=index,
-        tasks=list(env.sequence.tasks),
-        completed=info["completed_subtasks"],
-        subtask_steps=subtask_steps,
-        env_steps=env_steps,
-        sim_seconds=sim_seconds,
-        policy_seconds=policy_seconds,
-        video=str(video_path) if video_path else None,
-    )
-
-
-# ---- workers ---------------------------------------------------------------------------------------
-
-
-def _worker_device(cfg: CalvinBenchmarkConfig, worker_id: int) -> tuple[str | None, int | None]:
-    """(policy device, CUDA index for EGL) of worker ``worker_id``; bare 'cuda' spreads workers over GPUs."""
-    device = cfg.policy.device
-    if not device or not device.startswith("cuda") or not torch.cuda.is_available():
-        return device, None
-    if device == "cuda":
-        index = worker_id % torch.cuda.device_count()
-        return f"cuda:{index}", index
-    return device, torch.device(device).index or 0
-
-
-def _build_worker(cfg: CalvinBenchmarkConfig, worker_id: int):
-    from lerobot_defi.envs.policy_agent import build_policy_agent
-
-    policy_cfg = copy.deepcopy(cfg.policy)
-    policy_cfg.device, cuda_index = _worker_device(cfg, worker_id)
-    env_cfg = cfg.env_config()
-    agent = build_policy_agent(policy_cfg, env_cfg, cfg.rename_map)
-    env = CalvinEnv(**env_cfg.gym_kwargs, cuda_device_index=cuda_index)
-    return env, agent
-
-
-def _video_path(cfg: CalvinBenchmarkConfig, index: int) -> Path | None:
-    return (
-        Path(cfg.output_dir) / VIDEOS_DIR / f"sequence_{index:04d}.mp4"
-        if index in cfg.video_sequences
-        else None
-    )
-
-
-def _evaluate_one(cfg: CalvinBenchmarkConfig, env, agent, index: int) -> SequenceResult:
-    set_seed(cfg.seed + index)
-    return run_sequence(env, agent, index, _video_path(cfg, index))
-
-
-def _worker_main(cfg: CalvinBenchmarkConfig, worker_id: int, tasks: mp.Queue, results: mp.Queue) -> None:
-    """Process entry: evaluate the sequence indices taken from ``tasks`` until a ``None``."""
-    try:
-        register_third_party_plugins()
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.num_workers))
-        env, agent = _build_worker(cfg, worker_id)
-        try:
-            while (index := tasks.get()) is not None:
-                results.put(("result", dataclasses.asdict(_evaluate_one(cfg, env, agent, index))))
-        finally:
-            env.close()
-    except BaseException:
-        results.put(("error", f"worker {worker_id}:\n{traceback.format_exc()}"))
-
-
-def _run_in_process(cfg: CalvinBenchmarkConfig, todo: list[int]):
-    env, agent = _build_worker(cfg, 0)
-    try:
-        for index in todo:
-            yield _evaluate_one(cfg, env, agent, index)
-    finally:
-        env.close()
-
-
-def _run_in_workers(cfg: CalvinBenchmarkConfig, todo: list[int]):
-    context = mp.get_context("spawn")  # fork is unsafe with torch threads, CUDA and EGL
-    tasks, results = context.Queue(), context.Queue()
-    for index in todo:
-        tasks.put(index)
-    workers = [
-        context.Process(target=_worker_main, args=(cfg, k, tasks, results), daemon=True)
-        for k in range(min(cfg.num_workers, len(todo)))
-    ]
-    for worker in workers:
-        tasks.put(None)
-        worker.start()
-    try:
-        for _ in todo:
-            while True:
-                try:
-                    kind, payload = results.get(timeout=5.0)
-                    break
-                except queue.Empty:
-                    dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
-                    if dead:
-                        raise RuntimeError(
-                            f"a CALVIN evaluation worker died (exit code {dead[0].exitcode}) without a report"
-                        ) from None
-            if kind == "error":
-                raise RuntimeError(f"a CALVIN evaluation worker failed, {payload}")
-            yield SequenceResult(**payload)
-    finally:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-            worker.join(timeout=10)
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -402,7 +243,7 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     )
     start = time.perf_counter()
     if todo:
-        runner = _run_in_process(cfg, todo) if cfg.num_workers == 1 else _run_in_workers(cfg, todo)
+        runner = run_in_process(cfg, todo) if cfg.num_workers == 1 else run_in_workers(cfg, todo)
         with (
             open(Path(cfg.output_dir) / SEQUENCES_FILE, "a") as log,
             tqdm(total=len(todo), desc="CALVIN sequences") as bar,
