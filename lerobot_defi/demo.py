@@ -6,7 +6,7 @@
    with LeRobot's own ``lerobot-train``;
 3. load the checkpoint with ``DeFIPolicy.from_pretrained`` and the saved processors, and act on a real frame.
 
-It prints what it did and where the outputs are (``--output-dir``, default ``outputs/defi_demo``), with a
+It prints what it did and where the outputs are (``--output_dir``, default ``outputs/defi_demo``), with a
 progress bar while ``lerobot-train`` runs (its full log goes to ``train.log``).
 
 Threads: on a machine busy with other jobs, torch's spinning OpenMP threads slow the tiny networks down
@@ -14,9 +14,10 @@ tenfold instead of in proportion to the load (2 cores at load 4-5: 1.6-5.2 s per
 0.65-1.1 s with 1; idle, 2 threads save about a third), so ``lerobot-train`` runs with one torch thread
 (``OMP_NUM_THREADS=1``) unless ``OMP_NUM_THREADS`` is set. The tiny preset reads data in the training process
 (``num_workers: 0``: no data-loader workers multiplying the threads).
+
+Options in LeRobot's dialect (``lerobot_defi.command_line``): ``--raw_dir``, ``--output_dir``, ``--steps``.
 """
 
-import argparse
 import contextlib
 import io
 import os
@@ -25,10 +26,30 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from lerobot_defi.command_line import CommandLineError, parse_command_line
 
 DEFAULT_RAW = Path("tests/data/calvin_mini_slice/training")
 TRAINING_BAR = re.compile(r"Training:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+@dataclass
+class DemoConfig:
+    """lerobot-defi-demo: convert the bundled CALVIN slice, train the tiny DeFI preset with lerobot-train, load
+    the checkpoint and act on a real frame (offline, CPU). Example: lerobot-defi-demo --steps=20"""
+
+    # A CALVIN split folder of episode_*.npz files (default: the bundled tests/data/calvin_mini_slice/training).
+    raw_dir: Path | None = None
+    # Where the dataset, the training run and train.log are written (replaced if it exists).
+    output_dir: Path = Path("outputs/defi_demo")
+    # lerobot-train steps.
+    steps: int = 200
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
 
 
 def training_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -65,15 +86,12 @@ def _find_default_raw() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--raw-dir", type=Path, default=None, help="a CALVIN split folder (default: the bundled slice)"
-    )
-    parser.add_argument("--output-dir", type=Path, default=Path("outputs/defi_demo"))
-    parser.add_argument("--steps", type=int, default=200)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_command_line(DemoConfig, argv, prog="lerobot-defi-demo")
+    except CommandLineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import numpy as np
@@ -86,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
     from lerobot_defi.presets import preset_path
 
-    raw = args.raw_dir or _find_default_raw()
+    raw = Path(args.raw_dir) if args.raw_dir is not None else _find_default_raw()
     if raw is None or not raw.is_dir():
-        parser.error(
-            f"no CALVIN split folder found (looked for {DEFAULT_RAW} from the repository root); pass --raw-dir"
+        where = raw if raw is not None else f"{DEFAULT_RAW} from the repository root"
+        print(
+            f"error: no CALVIN split folder found (looked for {where}); pass --raw_dir=<split folder>",
+            file=sys.stderr,
         )
-    out = args.output_dir.resolve()
+        return 2
+    out = Path(args.output_dir).resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -202,7 +202,7 @@ def test_two_process_ddp_training_on_cpu(tmp_path):
 def test_demo_command_runs_end_to_end(tmp_path):
     """The README's demo, as a user runs it (a fresh process: nothing imported beforehand)."""
     output = run_cli(
-        [str(BIN / "lerobot-defi-demo"), f"--output-dir={tmp_path / 'demo'}", "--steps=20"], REPO_DIR
+        [str(BIN / "lerobot-defi-demo"), f"--output_dir={tmp_path / 'demo'}", "--steps=20"], REPO_DIR
     )
     assert "[1/3] converted" in output and "[3/3] loaded" in output
     # Quiet and honest: one line names the video decoder and why, no loader tracebacks, no encoder banners.

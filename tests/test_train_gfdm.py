@@ -27,26 +27,22 @@ from gfdm_test_data import (
     read_video,
     tiny_models,
 )
+from lerobot_defi.conversions.vpp_format import latent_file
 
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor
 from lerobot_defi.models.gfdm_video import GFDMVideoPipeline, encode_video_latents, gfdm_v_objective_loss
 from lerobot_defi.pretrain.cli import parse_config
+from lerobot_defi.pretrain.gfdm_clip_dataset import GFDMClipDataset, build_clip_datasets
+from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig, episode_clips, evenly_spaced_indices
 from lerobot_defi.pretrain.gfdm_config import TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_data import (
-    GFDMClipDataset,
-    GFDMDatasetConfig,
+from lerobot_defi.pretrain.gfdm_latents import encode_missing_latents, save_latents_atomically
+from lerobot_defi.pretrain.gfdm_lerobot_source import (
     LeRobotClipSource,
-    VPPLatentSource,
-    build_clip_datasets,
-    encode_missing_latents,
-    episode_clips,
-    evenly_spaced_indices,
     frames_to_model_range,
-    latent_file,
     resize_frames_uint8,
-    save_latents_atomically,
 )
 from lerobot_defi.pretrain.gfdm_parts import check_svd_init_folder
+from lerobot_defi.pretrain.gfdm_vpp_source import VPPLatentSource
 from lerobot_defi.pretrain.mixture import MixtureDataset
 from lerobot_defi.pretrain.train_gfdm import train
 

@@ -207,7 +207,7 @@ def _check_no_other_pybullet_client() -> None:
             "Another PyBullet simulator is open in this process, and PyBullet's EGL renderer draws for one "
             "simulator per process only (a second one would silently render with TinyRenderer). Close the other "
             "simulator, or run one CALVIN env per process: lerobot-eval --eval.use_async_envs=true (its default) "
-            "or lerobot-defi-eval-calvin --num-workers N."
+            "or lerobot-defi-eval-calvin --num_workers=N."
         )
 
 

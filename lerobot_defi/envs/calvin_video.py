@@ -1,14 +1,16 @@
 """Videos of CALVIN evaluation sequences: both cameras side by side, the instruction underneath.
 
-Frames are encoded as they come (H.264 through PyAV), so a 1800-step sequence never sits in memory.
+Frames are encoded as they come (H.264 through ``lerobot_defi.video_writer``), so a 1800-step sequence never
+sits in memory.
 The caption band turns green after a solved task and red after a failed one (held for a few frames).
 """
 
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from lerobot_defi.video_writer import VideoWriter
 
 PANEL_SIZE = 200  # both cameras are shown at 200 x 200
 CAPTION_HEIGHT = 40
@@ -40,29 +42,26 @@ def compose_frame(observation: dict, caption: str, outcome: bool | None = None) 
 
 
 class SequenceVideoWriter:
-    """Writes one sequence's frames to ``path`` (mp4) while it runs."""
+    """Writes one sequence's frames to ``path`` (mp4) while it runs, through the package's one video writer
+    (the file appears under ``path`` when ``close()`` finishes it)."""
 
     def __init__(self, path: str | Path, fps: int = 30):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), mode="w")
-        self._stream = self._container.add_stream("libx264", rate=fps)
-        self._stream.width, self._stream.height = 2 * PANEL_SIZE, PANEL_SIZE + CAPTION_HEIGHT
-        self._stream.pix_fmt = "yuv420p"
-        self.num_frames = 0
+        self._writer = VideoWriter(self.path, fps, crf=None)  # the encoder's default quality, as before
+
+    @property
+    def num_frames(self) -> int:
+        return self._writer.num_frames
 
     def add(self, observation: dict, caption: str, outcome: bool | None = None) -> None:
         """Append the frame of ``observation``; with an ``outcome`` it is held a few frames, coloured."""
         frame = compose_frame(observation, caption, outcome)
         for _ in range(OUTCOME_HOLD_FRAMES if outcome is not None else 1):
-            self._encode(frame)
-
-    def _encode(self, frame: np.ndarray) -> None:
-        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self._container.mux(packet)
-        self.num_frames += 1
+            self._writer.add(frame)
 
     def close(self) -> None:
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
+        """Finish the file (a sequence that stopped before its first frame leaves none)."""
+        if self._writer.num_frames:
+            self._writer.close()
+        else:
+            self._writer.discard()

@@ -3,16 +3,33 @@
 It builds the simulator exactly as the evaluation does (finding ``calvin_env`` the way the evaluation does, from
 the current directory: run it from the project folder), resets it and asks the task oracle once, then prints one
 line. PyBullet's and calvin_env's own start-up chatter is kept out of the way and shown only if the check fails.
+Options in LeRobot's dialect (``lerobot_defi.command_line``): ``--renderer=auto|egl|tiny``.
 """
 
-import argparse
 import contextlib
 import gc
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 
+from lerobot_defi.command_line import CommandLineError, parse_command_line
 from lerobot_defi.envs.calvin_simulator import RENDERERS, CalvinEnvNotInstalledError, check_installation
+
+PROG = "python -m lerobot_defi.envs.check_calvin_install"
+
+
+@dataclass
+class CheckCalvinInstallConfig:
+    """Check the CALVIN simulator install: build it once, reset it, ask the task oracle.
+    Example: python -m lerobot_defi.envs.check_calvin_install --renderer=tiny"""
+
+    # "auto" (PyBullet's EGL renderer whenever an EGL library is found, else TinyRenderer), "egl" or "tiny".
+    renderer: str = "auto"
+
+    def __post_init__(self):
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"--renderer must be one of {list(RENDERERS)}, got {self.renderer!r}")
 
 
 @contextlib.contextmanager
@@ -36,12 +53,12 @@ def _output_captured():
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m lerobot_defi.envs.check_calvin_install",
-        description="Check the CALVIN simulator install: build it once, reset it, ask the task oracle.",
-    )
-    parser.add_argument("--renderer", choices=RENDERERS, default="auto")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_command_line(CheckCalvinInstallConfig, argv, prog=PROG)
+    except CommandLineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with _output_captured() as output:
         try:
             line, error = check_installation(args.renderer), None

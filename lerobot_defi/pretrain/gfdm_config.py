@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lerobot_defi.pretrain.cli import PresetConfig
-from lerobot_defi.pretrain.gfdm_data import GFDMDatasetConfig
+from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig
 from lerobot_defi.pretrain.gfdm_samples import VIDEO_FORMATS
 
 FROZEN_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

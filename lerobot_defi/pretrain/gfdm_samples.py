@@ -1,16 +1,18 @@
 """Sample videos of the GFDM for people to look at: ground truth above prediction, samples side by side,
-written as mp4 (H.264) and/or GIF (docs/method.md §2.7)."""
+written as mp4 (H.264, through the package's one video writer ``lerobot_defi.video_writer``) and/or GIF
+(docs/method.md §2.7)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from lerobot_defi.video_writer import write_video
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -29,35 +31,6 @@ def comparison_grid(ground_truth: Tensor, prediction: Tensor, gap: int = 2) -> n
     columns = [torch.cat([p, torch.ones(f, 3, 2 * h + gap, gap)], dim=-1) for p in pair]
     grid = torch.cat(columns, dim=-1)[..., : b * (w + gap) - gap]
     return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
-    """``(T, H, W, 3)`` uint8 -> H.264 mp4 (odd sizes padded by one pixel); atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-    if pad_h or pad_w:
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    previous_level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # keep the encoder's statistics off the console
-    try:
-        _encode_h264(tmp, frames, fps)
-    finally:
-        av.logging.set_level(previous_level)
-    os.replace(tmp, path)
-    return path
-
-
-def _encode_h264(path: Path, frames: np.ndarray, fps: int) -> None:
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def write_gif(path: str | Path, frames: np.ndarray, fps: int) -> Path:
@@ -79,5 +52,5 @@ def write_comparison_videos(
     if unknown:
         raise ValueError(f"unknown video format(s) {unknown}; choose from {VIDEO_FORMATS}")
     grid = comparison_grid(ground_truth, prediction)
-    writers = {"mp4": write_mp4, "gif": write_gif}
+    writers = {"mp4": write_video, "gif": write_gif}
     return [writers[f](Path(f"{stem}.{f}"), grid, fps) for f in formats]

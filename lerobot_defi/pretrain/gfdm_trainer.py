@@ -25,14 +25,11 @@ from lerobot_defi.models.gfdm import diffusers_config, text_context_from_clip
 from lerobot_defi.models.gfdm_video import encode_video_latents, gfdm_v_objective_loss
 from lerobot_defi.models.text import InstructionEncoders
 from lerobot_defi.pretrain.checkpoints import checkpoint_to_resume, restore_checkpoint, save_checkpoint
+from lerobot_defi.pretrain.gfdm_clip_dataset import build_clip_datasets, collate_clips
 from lerobot_defi.pretrain.gfdm_config import FROZEN_DTYPES, TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_data import (
-    build_clip_datasets,
-    collate_clips,
-    encode_missing_latents,
-    frames_to_model_range,
-)
 from lerobot_defi.pretrain.gfdm_export import EXPORT_DIR, export_gfdm_folder
+from lerobot_defi.pretrain.gfdm_latents import encode_missing_latents
+from lerobot_defi.pretrain.gfdm_lerobot_source import frames_to_model_range
 from lerobot_defi.pretrain.gfdm_parts import load_gfdm_parts
 from lerobot_defi.pretrain.gfdm_validation import validation_losses, write_sample_videos
 from lerobot_defi.pretrain.metrics_log import METRICS_FILE, MetricsLog

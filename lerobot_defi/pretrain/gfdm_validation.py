@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lerobot_defi.models.gfdm_video import decode_latent_video, sample_gfdm_video
-from lerobot_defi.pretrain.gfdm_data import collate_clips
+from lerobot_defi.pretrain.gfdm_clip_dataset import collate_clips
 from lerobot_defi.pretrain.gfdm_samples import write_comparison_videos
 from lerobot_defi.pretrain.mixture import MixtureDataset
 

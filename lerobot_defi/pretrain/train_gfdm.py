@@ -18,8 +18,9 @@ model_index.json, README.md model card) that the DeFI policy loads with ``--poli
 
 Modules: ``gfdm_config`` (the flags), ``gfdm_parts`` (SVD + CLIP to start from), ``gfdm_trainer`` (set-up and
 loop), ``gfdm_validation`` (validation loss, sample videos), ``gfdm_export`` (the diffusers folder),
-``gfdm_data`` (clips, latent cache), ``gfdm_samples`` (video files); the objective, sampler and pipeline are
-``models/gfdm_video.py``.
+``gfdm_clips`` (dataset config, clip indices), ``gfdm_lerobot_source`` / ``gfdm_vpp_source`` (where clips come
+from), ``gfdm_latents`` (latent files, latent cache), ``gfdm_clip_dataset`` (the datasets), ``gfdm_samples``
+(sample videos); the objective, sampler and pipeline are ``models/gfdm_video.py``.
 """
 
 from __future__ import annotations
