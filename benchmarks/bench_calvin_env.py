@@ -1,13 +1,16 @@
 """Speed of the CALVIN env (real calvin_env): build, reset and step rates per renderer.
 
-    python benchmarks/bench_calvin_env.py --steps 200 --renderers egl tiny
+    python benchmarks/bench_calvin_env.py --steps=200 --renderers='[egl,tiny]'
 
 Prints, per renderer: simulator build time (first reset), mean reset time over the first
 sequences, and env steps/s with uniformly random actions (no policy). Needs calvin_env installed.
 """
 
-import argparse
 import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import draccus
 
 from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_simulator import CALVIN_ENV_INSTALL_HINT, calvin_env_available
@@ -31,14 +34,23 @@ def measure(renderer: str, steps: int, resets: int) -> dict:
     return {"build_s": build_seconds, "reset_s": reset_seconds, "steps_per_s": steps_per_second}
 
 
+Renderer = Literal["auto", "egl", "tiny"]
+
+
+@dataclass
+class BenchCalvinEnvConfig:
+    """Speed of the CALVIN env (real calvin_env): build, reset and step rates per renderer."""
+
+    # Env steps timed per renderer (uniformly random actions); also the episode length.
+    steps: int = 200
+    # Resets timed after the first one (the first reset builds the simulator and is timed on its own).
+    resets: int = 5
+    # Renderers to measure, one after the other.
+    renderers: list[Renderer] = field(default_factory=lambda: ["egl", "tiny"])
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--resets", type=int, default=5)
-    parser.add_argument("--renderers", nargs="+", default=["egl", "tiny"], choices=["auto", "egl", "tiny"])
-    args = parser.parse_args()
+    args = draccus.parse(BenchCalvinEnvConfig)
     if not calvin_env_available():
         raise SystemExit(CALVIN_ENV_INSTALL_HINT)
     rows = [(renderer, measure(renderer, args.steps, args.resets)) for renderer in args.renderers]

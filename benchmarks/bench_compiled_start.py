@@ -6,7 +6,7 @@ saves a policy (random weights) once, then starts fresh processes that each load
 call ``compile_modules`` and ask for one action (``select_action``, fixed noise):
 
 * cold: an empty cache folder (and inductor's cache inside it: nothing compiled before);
-* warm: the same folder again (``--warm-runs`` processes).
+* warm: the same folder again (``--warm_runs`` processes).
 
 Each process reports, from the moment the parent started it: imports done, policy loaded and compiled
 (``from_pretrained`` + ``compile_modules``, lazy), first action (compilation happens here), and the second chunk's
@@ -14,10 +14,9 @@ time (steady state). The table also shows whether the cache entry was loaded or 
 hits / misses, and that the warm action equals the cold one.
 
     python benchmarks/bench_compiled_start.py                                        # tiny preset, CPU
-    python benchmarks/bench_compiled_start.py --device cuda --size official --out start.json   # on a GPU
+    python benchmarks/bench_compiled_start.py --device=cuda --size=official --out=start.json   # on a GPU
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -25,12 +24,42 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
+
+import draccus
 
 REPORT_PREFIX = "BENCH_START_REPORT "
+Size = Literal["tiny", "official"]
+Role = Literal["save", "start"]
 
 
-def child_save(args: argparse.Namespace) -> None:
+@dataclass
+class BenchCompiledStartConfig:
+    """Cold vs warm start of the compiled policy: seconds from process start to the first action."""
+
+    # Torch device of the policy, e.g. cpu or cuda.
+    device: str = "cpu"
+    # Policy size: the tiny preset, or the official architectures (random weights either way).
+    size: Size = "tiny"
+    # torch.compile mode (default: reduce-overhead on CUDA (CUDA graphs), default on the CPU).
+    compile_mode: str | None = None
+    # Warm starts (fresh processes on the cache the cold start filled) after the cold one.
+    warm_runs: int = 1
+    # Keep the saved policy and the cache here (default: a temporary folder, removed at the end).
+    workdir: str | None = None
+    # Write the results as JSON here.
+    out: str | None = None
+    # Internal, set by this script for the processes it starts: "save" (save the policy) or "start" (one start).
+    child: Role | None = None
+    # Internal: the saved policy's folder, for the child processes.
+    policy_dir: str | None = None
+    # Internal: the compile cache folder, for the child processes.
+    cache_dir: str | None = None
+
+
+def child_save(args: BenchCompiledStartConfig) -> None:
     """Build the policy with random weights (seed 0) and save it to ``args.policy_dir``."""
     import torch
     from bench_policy import build_policy
@@ -47,7 +76,7 @@ def child_save(args: argparse.Namespace) -> None:
         torch.cuda.empty_cache()
 
 
-def child_start(args: argparse.Namespace) -> None:
+def child_start(args: BenchCompiledStartConfig) -> None:
     """One robot start: load, compile, first action; prints one report line (wall-clock stamps)."""
     import torch
 
@@ -98,23 +127,22 @@ def child_start(args: argparse.Namespace) -> None:
     print(REPORT_PREFIX + json.dumps(report), flush=True)
 
 
-def run_child(args: argparse.Namespace, role: str, env: dict) -> dict | None:
-    command = [
+def child_command(args: BenchCompiledStartConfig, role: str) -> list[str]:
+    """The command line of one child process (this script again, with the parent's resolved options)."""
+    return [
         sys.executable,
         __file__,
-        "--child",
-        role,
-        "--policy-dir",
-        args.policy_dir,
-        "--cache-dir",
-        args.cache_dir,
-        "--device",
-        args.device,
-        "--size",
-        args.size,
-        "--compile-mode",
-        args.compile_mode,
+        f"--child={role}",
+        f"--policy_dir={args.policy_dir}",
+        f"--cache_dir={args.cache_dir}",
+        f"--device={args.device}",
+        f"--size={args.size}",
+        f"--compile_mode={args.compile_mode}",
     ]
+
+
+def run_child(args: BenchCompiledStartConfig, role: str, env: dict) -> dict | None:
+    command = child_command(args, role)
     started = time.time()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -129,25 +157,7 @@ def run_child(args: argparse.Namespace, role: str, env: dict) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="tiny", choices=["tiny", "official"])
-    parser.add_argument(
-        "--compile-mode",
-        default=None,
-        help="default: reduce-overhead on CUDA (CUDA graphs), default on the CPU",
-    )
-    parser.add_argument("--warm-runs", type=int, default=1)
-    parser.add_argument(
-        "--workdir", default=None, help="keep the saved policy and the cache here (default: temp)"
-    )
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--child", choices=["save", "start"], help=argparse.SUPPRESS)
-    parser.add_argument("--policy-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = draccus.parse(BenchCompiledStartConfig)
     args.compile_mode = args.compile_mode or (
         "reduce-overhead" if args.device.startswith("cuda") else "default"
     )
@@ -190,7 +200,7 @@ def main() -> None:
         )
     print(f"cache folder: {args.cache_dir}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": dict(runs)}, indent=2))
+        Path(args.out).write_text(json.dumps({"args": asdict(args), "runs": dict(runs)}, indent=2))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -15,17 +15,20 @@ Three measurements per repeat, on the same episodes:
 Overhead on top of the encoder = (converter wall - LeRobot alone) / converter wall; the target is <= 10 %.
 LeRobot is imported inside functions: reader processes are spawned and re-import this script as their main module.
 
-    python benchmarks/bench_convert_calvin.py --raw-dir ../shared/data/calvin_mini --split all --num-workers 2
+    python benchmarks/bench_convert_calvin.py                         # the repository's CALVIN test slice
+    python benchmarks/bench_convert_calvin.py --raw_dir=../shared/data/calvin_mini --split=all --num_workers=2
 """
 
-import argparse
 import functools
 import shutil
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import draccus
 from lerobot_defi.conversions import episode_writer
 from lerobot_defi.conversions.calvin import convert_calvin
 from lerobot_defi.conversions.calvin_format import (
@@ -37,8 +40,10 @@ from lerobot_defi.conversions.calvin_format import (
     split_folders,
 )
 
-DEFAULT_RAW = Path(__file__).resolve().parents[1] / "../shared/data/calvin_mini"
+DEFAULT_RAW = Path(__file__).resolve().parents[1] / "tests" / "data" / "calvin_mini_slice"
 LEROBOT_CALLS = ("create", "resume", "add_frame", "save_episode", "finalize")
+Split = Literal["training", "validation", "all"]
+Layout = Literal["windows", "play"]
 seconds: dict[str, float] = defaultdict(float)
 reader_waits: list[float] = []
 
@@ -121,16 +126,24 @@ def lerobot_alone(episodes, fps: int, root: Path) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class BenchConvertCalvinConfig:
+    """Speed of the CALVIN converter, and how much of its wall time LeRobot's writer/video encoder takes."""
+
+    # CALVIN dataset or split folder (default: the repository's CALVIN test slice, tests/data/calvin_mini_slice).
+    raw_dir: Path = DEFAULT_RAW
+    # Which split folders to convert: training, validation or all.
+    split: Split = "all"
+    # Episodes: one per language window ("windows") or the play segments with per-frame instructions ("play").
+    layout: Layout = "windows"
+    # Reader processes of the converter.
+    num_workers: int = 2
+    # Times the three measurements are repeated (each repeat writes fresh datasets).
+    repeats: int = 2
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--raw-dir", type=Path, default=DEFAULT_RAW, help="CALVIN dataset or split folder")
-    parser.add_argument("--split", choices=["training", "validation", "all"], default="all")
-    parser.add_argument("--layout", choices=["windows", "play"], default="windows")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = draccus.parse(BenchConvertCalvinConfig)
 
     folders = split_folders(args.raw_dir, args.split)
     fps = read_fps(folders[0][1])

@@ -9,16 +9,18 @@ Prints one row per variant: per-GPU batch, step time (median, p90), samples/s (v
 memory; ``--out`` writes JSON.
 
     python benchmarks/bench_gfdm_step.py                    # GPU, official size (batch 6, 16 frames, 32x32)
-    python benchmarks/bench_gfdm_step.py --tiny             # CPU smoke run with the tiny preset's networks
+    python benchmarks/bench_gfdm_step.py --tiny=true        # CPU smoke run with the tiny preset's networks
 """
 
-import argparse
 import json
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import draccus
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
@@ -116,21 +118,33 @@ def bench_variant(
     }
 
 
+Precision = Literal["fp16", "bf16", "fp32"]
+
+
+@dataclass
+class BenchGFDMStepConfig:
+    """Speed and memory of one GFDM (Stage 1) training step at the official size, random weights."""
+
+    # Tiny preset networks (configs/gfdm_tiny.yaml, 4 frames of 64x64) on the CPU: a smoke run of this script.
+    tiny: bool = False
+    # Per-GPU batches (videos) to time (default: [2] with --tiny=true, else [6]).
+    batch_sizes: list[int] | None = None
+    # Autocast precisions to time on a GPU (fp16 with a grad scaler); the CPU always runs fp32.
+    precisions: list[Precision] = field(default_factory=lambda: ["fp16", "bf16"])
+    # Also time without gradient checkpointing (it is always timed with it).
+    no_checkpointing_too: bool = False
+    # Also time with the VAE encoding raw frames inside the step (it is always timed from cached latents).
+    raw_frames_too: bool = False
+    # Timed steps per variant (median and p90 reported).
+    steps: int = 10
+    # Untimed steps before them.
+    warmup: int = 3
+    # Write the results as JSON here.
+    out: Path | None = None
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny preset networks on the CPU (smoke run)")
-    parser.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=None, help="per-GPU batches (default 6)"
-    )
-    parser.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"])
-    parser.add_argument("--no-checkpointing-too", action="store_true", help="also time without checkpointing")
-    parser.add_argument(
-        "--raw-frames-too", action="store_true", help="also time with VAE encoding in the step"
-    )
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = draccus.parse(BenchGFDMStepConfig)
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cuda":

@@ -4,15 +4,16 @@ several ``torch.compile`` set-ups, the rest of the chunk, and the top GPU kernel
 Official size, random weights, batch 1 (two 256x256 cameras -> 2 x 16 frames of 32x32 latents). Each variant
 is compiled afresh; times are medians of CUDA-synchronised calls after warm-up.
 
-    python benchmarks/bench_gfdm_variants.py --variants ro,ro_cl,ro_freeze --profile ro   # on a GPU
-    python benchmarks/bench_gfdm_variants.py --tiny --variants eager,default              # CPU smoke run
+    python benchmarks/bench_gfdm_variants.py --variants='[ro,ro_cl,ro_freeze]' --profile='[ro]'  # on a GPU
+    python benchmarks/bench_gfdm_variants.py --tiny=true --variants='[eager,default]'       # CPU smoke run
 """
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import draccus
 import torch
 from bench_policy import after_gfdm, build_policy, make_batch, sync, timed
 from torch import nn
@@ -77,26 +78,38 @@ def kernel_table(fn, device: str, top: int) -> tuple[str, dict[str, float]]:
     return table, families
 
 
+@dataclass
+class BenchGFDMVariantsConfig:
+    """Where a compiled DeFI chunk spends its time: the GFDM feature pass under several torch.compile set-ups."""
+
+    # Tiny preset networks: a smoke run of this script (on the CPU without CUDA).
+    tiny: bool = False
+    # GFDM feature-pass variants to time, in order (names of VARIANTS: eager, eager_cl, default, default_cl, ro,
+    # ro_cl, ro_freeze, ro_cl_freeze, autotune_cl, autotune_cl_freeze; cl = channels-last, ro = reduce-overhead).
+    variants: list[str] = field(default_factory=lambda: ["eager", "ro", "ro_cl"])
+    # What to profile kernel by kernel: variant names, "rest" (with --rest=true) and "chunk" (with --chunk).
+    profile: list[str] = field(default_factory=list)
+    # Also time the rest of the chunk (after the GFDM), eager and compiled (reduce-overhead, CUDA only).
+    rest: bool = False
+    # Also time the whole chunk with compile_modules(<this torch.compile mode>), e.g. reduce-overhead.
+    chunk: str | None = None
+    # GFDM variants with FrameConvolution (temporal Conv3d run as 2-D convolutions).
+    frame_convolutions: bool = False
+    # Timed calls per measurement (median and p90 reported).
+    repeats: int = 30
+    # Time budget in seconds: variants that would start after it are skipped.
+    budget_s: float = 480
+    # Write the results as JSON here (rewritten after every variant).
+    out: str | None = None
+
+    def __post_init__(self):
+        unknown = [name for name in self.variants if name not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--variants", default="eager,ro,ro_cl")
-    parser.add_argument("--profile", default="", help="comma list of variants to profile kernel by kernel")
-    parser.add_argument("--rest", action="store_true", help="also time the compiled rest of the chunk")
-    parser.add_argument(
-        "--chunk",
-        default=None,
-        help="also time and profile the whole chunk with compile_modules(<this mode>)",
-    )
-    parser.add_argument(
-        "--frame-convolutions", action="store_true", help="GFDM variants with FrameConvolution"
-    )
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--budget-s", type=float, default=480, help="skip variants started after this")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    args = draccus.parse(BenchGFDMVariantsConfig)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
     import torch._inductor.config as inductor_config
@@ -120,7 +133,7 @@ def main() -> None:
         use_frame_convolutions(gfdm)
     results: dict[str, dict] = {}
     reference = None
-    for name in filter(None, args.variants.split(",")):
+    for name in args.variants:
         if time.perf_counter() - started > args.budget_s:
             print(f"skipped {name}: over the time budget", flush=True)
             continue
@@ -151,7 +164,7 @@ def main() -> None:
             "rel_error_vs_first": error,
         }
         print(f"[gfdm] {name}: {results[name]}", flush=True)
-        if name in args.profile.split(","):
+        if name in args.profile:
             table, families = kernel_table(call, device, top=25)
             print(table, flush=True)
             results[name]["kernel_ms_per_call"] = {k: round(v, 2) for k, v in families.items()}
@@ -188,7 +201,7 @@ def main() -> None:
             med, p90 = timed(call, device, args.repeats, warmup=3)
             results[f"rest_{mode}"] = {"median_ms": round(med, 2), "p90_ms": round(p90, 2)}
             print(f"[rest] {mode}: {results[f'rest_{mode}']}", flush=True)
-            if mode != "eager" and "rest" in args.profile.split(","):
+            if mode != "eager" and "rest" in args.profile:
                 table, families = kernel_table(call, device, top=15)
                 print(table, flush=True)
         if args.out:
@@ -214,7 +227,7 @@ def main() -> None:
             "first_call_s": first,
         }
         print(f"[chunk] {results['chunk_' + args.chunk]}", flush=True)
-        if "chunk" in args.profile.split(","):
+        if "chunk" in args.profile:
             table, families = kernel_table(chunk, device, top=40)
             print(table, flush=True)
             results["chunk_" + args.chunk]["kernel_ms_per_call"] = {

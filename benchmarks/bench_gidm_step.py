@@ -7,17 +7,19 @@ training), the 768-d 12+12-block GIDM with its VQ, under autocast. Data loading 
 Prints a table (and writes JSON with ``--out``): per batch size, median step time, samples/s, peak memory and
 the time of the frozen DINOv2 forward alone.
 
-    python benchmarks/bench_gidm_step.py --batch-sizes 32 64 128 --precision bf16 --out gidm.json   # on a GPU
-    python benchmarks/bench_gidm_step.py --tiny                                                       # CPU smoke run
+    python benchmarks/bench_gidm_step.py --batch_sizes='[32,64,128]' --precision=bf16 --out=gidm.json  # on a GPU
+    python benchmarks/bench_gidm_step.py --tiny=true                                                 # CPU smoke run
 """
 
-import argparse
 import json
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import draccus
 import torch
 import yaml
 
@@ -25,8 +27,8 @@ from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
 from lerobot_defi.models.reference_architectures import DINOV2_BASE_REG, T5_BASE
 from lerobot_defi.pretrain.gidm_features import build_frozen_encoders, encode_pair_features
 
-# Only torch / transformers / huggingface_hub are needed (no LeRobot, no draccus): the script also runs from a
-# plain checkout with PYTHONPATH=. on a machine that has just PyTorch and transformers.
+# Only torch / transformers / huggingface_hub and draccus (the command line) are needed, no LeRobot: the script
+# also runs from a plain checkout with PYTHONPATH=. on a machine that has just those.
 PRESETS = Path(__file__).resolve().parents[1] / "configs"
 
 TASKS = [
@@ -137,21 +139,33 @@ def run_benchmark(
     }
 
 
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass
+class BenchGIDMStepConfig:
+    """Speed and memory of one GIDM pretraining step at the official size (random weights, no download)."""
+
+    # Tiny preset (configs/gidm_tiny.yaml) on the CPU: a smoke run of this script.
+    tiny: bool = False
+    # Torch device (default: cpu with --tiny=true or without CUDA, else cuda).
+    device: str | None = None
+    # Batch sizes to time, one run each (default: [8] with --tiny=true, else [64]).
+    batch_sizes: list[int] | None = None
+    # Autocast precision: bf16, fp16 (with a grad scaler) or fp32 (default: fp32 on the CPU, else bf16).
+    precision: Precision | None = None
+    # torch.compile the GIDM (not the frozen parts).
+    compile: bool = False
+    # Timed training steps per batch size (median reported).
+    steps: int = 10
+    # Untimed steps before them.
+    warmup: int = 3
+    # Write the results as JSON here.
+    out: str | None = None
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--tiny", action="store_true", help="tiny preset on the CPU (smoke run)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None)
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the GIDM (not the frozen parts)"
-    )
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    args = draccus.parse(BenchGIDMStepConfig)
     device = args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     precision = args.precision or ("fp32" if device == "cpu" else "bf16")
     batch_sizes = args.batch_sizes or ([8] if args.tiny else [64])

@@ -2,28 +2,27 @@
 
 Components: ``policy`` (``lerobot-train --policy.type=defi``), ``gfdm`` (``lerobot-defi-train-gfdm``) and
 ``gidm`` (``lerobot-defi-train-gidm``), all on one LeRobotDataset converted from CALVIN frames (the repository's
-test slice unless ``--dataset-root`` is given). For every component and every process count N of
+test slice unless ``--dataset_root`` is given). For every component and every process count N of
 ``--processes``:
 
 * ``same-global``: N processes x (global batch / N), the 1-process run's global batch, so its loss curve is
   compared with the 1-process curve step by step (a paired test: the mean per-step difference must lie within
   3 standard errors of zero, or all differences below 1e-3 relative);
-* ``weak`` (with ``--weak``): N processes x the global batch each; samples/s over N x the 1-process samples/s
-  is the scaling efficiency;
+* ``weak`` (with ``--weak=true``): N processes x the global batch each; samples/s over N x the 1-process
+  samples/s is the scaling efficiency;
 * on the largest N a resume check: the run continues from its last checkpoint with ``--resume=true`` for
-  ``--resume-steps`` more steps and must log exactly the steps after the saved one.
+  ``--resume_steps`` more steps and must log exactly the steps after the saved one.
 
 Samples/s: median over the logged steps after the first ``--warmup`` (worker start-up, cuDNN autotuning).
-``--size official`` builds the official architectures with random weights (no download); ``tiny`` the test
-presets (mechanics only: their throughput says nothing about scaling). Runs' logs stay under ``--work-dir``.
+``--size=official`` builds the official architectures with random weights (no download); ``tiny`` the test
+presets (mechanics only: their throughput says nothing about scaling). Runs' logs stay under ``--work_dir``.
 Prints one table; ``--out`` writes JSON, rewritten after every run so a cut-off job keeps what it measured.
 
-    python benchmarks/bench_multi_gpu.py --size official --components gidm --processes 1,2 --weak   # 2 GPUs
-    python benchmarks/bench_multi_gpu.py --size tiny --components policy,gfdm,gidm                   # 2 GPUs
-    python benchmarks/bench_multi_gpu.py --cpu --size tiny --components gidm --steps 6               # CPU, gloo
+    python benchmarks/bench_multi_gpu.py --size=official --components='[gidm]' --processes='[1,2]' --weak=true
+    python benchmarks/bench_multi_gpu.py --size=tiny --components='[policy,gfdm,gidm]'             # 2 GPUs
+    python benchmarks/bench_multi_gpu.py --cpu=true --size=tiny --components='[gidm]' --steps=6    # CPU, gloo
 """
 
-import argparse
 import json
 import math
 import os
@@ -36,7 +35,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import draccus
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def ensure_dataset(work_dir: Path, dataset_root: Path | None) -> Path:
     if (root / "meta" / "info.json").is_file():
         return root
     if not CALVIN_SLICE.is_dir():
-        raise FileNotFoundError(f"no --dataset-root and no CALVIN test slice at {CALVIN_SLICE}")
+        raise FileNotFoundError(f"no --dataset_root and no CALVIN test slice at {CALVIN_SLICE}")
     from lerobot_defi.conversions.calvin import convert_calvin
 
     shutil.rmtree(root, ignore_errors=True)
@@ -334,9 +335,10 @@ def benchmark(args) -> dict:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2))
 
-    processes = sorted({int(p) for p in args.processes.split(",")})
-    for component in args.components.split(","):
-        batch = args.global_batch[component] if isinstance(args.global_batch, dict) else args.global_batch
+    processes = sorted(set(args.processes))
+    global_batches = args.global_batches()
+    for component in args.components:
+        batch = global_batches[component]
         plan = [(n, "same-global", batch // n) for n in processes]
         if args.weak:
             plan += [(n, "weak", batch) for n in processes if n > 1]
@@ -413,54 +415,71 @@ def print_table(report: dict) -> None:
             print(f"{component} on {n}: " + "; ".join(parts))
 
 
+Component = Literal["policy", "gfdm", "gidm"]
+Size = Literal["tiny", "official"]
+
+
+@dataclass
+class BenchMultiGPUConfig:
+    """Multi-GPU scaling of the three DeFI trainings, launched the way users launch them (accelerate launch)."""
+
+    # Trainings to measure: policy (lerobot-train), gfdm and gidm (the pretraining commands).
+    components: list[Component] = field(default_factory=lambda: ["policy", "gfdm", "gidm"])
+    # Process counts to run (1 is the reference).
+    processes: list[int] = field(default_factory=lambda: [1, 2])
+    # tiny: the shipped tiny presets (mechanics only); official: the official recipes with random weights.
+    size: Size = "tiny"
+    # Global batch of the same-global runs: one number for all, or component=n,... (e.g. gidm=32,gfdm=2)
+    # over the defaults (tiny 8; official policy 8, gfdm 4, gidm 64).
+    global_batch: str | None = None
+    # Training steps of every run.
+    steps: int = 20
+    # Logged steps left out of samples/s (worker start-up, cuDNN autotuning).
+    warmup: int = 3
+    # Steps after resuming on the largest process count (0: no resume check).
+    resume_steps: int = 2
+    # Also run N processes x the global batch each (weak scaling).
+    weak: bool = False
+    # Data loader workers per process.
+    num_workers: int = 4
+    # Seed of every run.
+    seed: int = 1000
+    # Seconds per launched run.
+    timeout: float = 600
+    # CPU processes over gloo (torchrun) instead of GPUs (accelerate launch).
+    cpu: bool = False
+    # A LeRobotDataset with CALVIN's cameras and actions (default: converted from the repository's CALVIN slice).
+    dataset_root: str | None = None
+    # Folder of the runs' outputs and logs.
+    work_dir: str = "outputs/bench_multi_gpu"
+    # Write the results as JSON here (rewritten after every run).
+    out: str | None = None
+
+    def __post_init__(self):
+        self.global_batches()  # a malformed --global_batch stops here
+
+    def global_batches(self) -> dict[str, int]:
+        """Global batch of the same-global runs per component."""
+        defaults = (
+            {"policy": 8, "gfdm": 4, "gidm": 64} if self.size == "official" else dict.fromkeys(MODULES, 8)
+        )
+        if self.global_batch is None:
+            return defaults
+        if "=" in self.global_batch:
+            return defaults | {k: int(v) for k, v in (p.split("=") for p in self.global_batch.split(","))}
+        return dict.fromkeys(MODULES, int(self.global_batch))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--components", default="policy,gfdm,gidm")
-    parser.add_argument(
-        "--processes", default="1,2", help="process counts, comma separated (1 is the reference)"
-    )
-    parser.add_argument("--size", choices=["tiny", "official"], default="tiny")
-    parser.add_argument("--global-batch", default=None,
-                        help="global batch of the same-global runs: one number or component=n,... "
-                             "(default: tiny 8; official policy 8, gfdm 4, gidm 64)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3, help="logged steps left out of samples/s")
-    parser.add_argument(
-        "--resume-steps", type=int, default=2, help="steps after resuming (0: no resume check)"
-    )
-    parser.add_argument("--weak", action="store_true", help="also run N processes x the global batch each")
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per launched run")
-    parser.add_argument("--cpu", action="store_true", help="CPU processes over gloo (torchrun)")
-    parser.add_argument(
-        "--dataset-root", default=None, help="a LeRobotDataset with CALVIN's cameras and actions"
-    )
-    parser.add_argument("--work-dir", default="outputs/bench_multi_gpu")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    defaults = {"policy": 8, "gfdm": 4, "gidm": 64} if args.size == "official" else dict.fromkeys(MODULES, 8)
-    if args.global_batch is None:
-        args.global_batch = defaults
-    elif "=" in args.global_batch:
-        args.global_batch = defaults | {
-            k: int(v) for k, v in (p.split("=") for p in args.global_batch.split(","))
-        }
-    else:
-        args.global_batch = dict.fromkeys(MODULES, int(args.global_batch))
-    unknown = set(args.components.split(",")) - set(MODULES)
-    if unknown:
-        parser.error(f"unknown components {sorted(unknown)}; choose from {sorted(MODULES)}")
+    args = draccus.parse(BenchMultiGPUConfig, args=argv)
     if not args.cpu:
         import torch
 
-        needed = max(int(p) for p in args.processes.split(","))
+        needed = max(args.processes)
         if torch.cuda.device_count() < needed:
-            parser.error(
-                f"{needed} processes need {needed} GPUs, found {torch.cuda.device_count()} (use --cpu)"
-            )
+            print(f"error: {needed} processes need {needed} GPUs, found {torch.cuda.device_count()} "
+                  "(use --cpu=true)", file=sys.stderr)  # fmt: skip
+            sys.exit(2)
     report = benchmark(args)
     print_table(report)
 

@@ -3,22 +3,24 @@
 Reference = what the original implementation runs: fp16 eager GFDM, fp32 trainable parts, instructions
 re-encoded at every call, the action head's context re-computed at every solver step.
 Fast = this plugin: bf16 (or fp16) frozen parts, cached instructions, context once per chunk, only the needed
-UNet blocks, fused attention, optional ``torch.compile`` (``--compile-mode``), bf16 autocast of the trainable
+UNet blocks, fused attention, optional ``torch.compile`` (``--compile_mode``), bf16 autocast of the trainable
 parts (``dtype``) in training and inference.
 
 Prints one table (and writes JSON with ``--out``): latency per chunk at batch 1 (median, p90), chunks/s at
 batch 8, training samples/s at batch 8 and at the largest batch that fits, peak memory, per-component times.
 
-    python benchmarks/bench_policy.py --compile-mode reduce-overhead --out results.json   # on a GPU
-    python benchmarks/bench_policy.py --tiny                                               # CPU smoke run
+    python benchmarks/bench_policy.py --compile_mode=reduce-overhead --out=results.json   # on a GPU
+    python benchmarks/bench_policy.py --tiny=true                                         # CPU smoke run
 """
 
-import argparse
 import json
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
 
+import draccus
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
@@ -195,29 +197,38 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+FrozenDtype = Literal["bfloat16", "float16"]
+Section = Literal["inference", "training", "components", "largest"]
+
+
+@dataclass
+class BenchPolicyConfig:
+    """Speed and memory of the DeFI policy at the official size (random weights), reference vs fast paths."""
+
+    # Tiny preset networks: a smoke run of this script (on the CPU without CUDA or with --device=cpu).
+    tiny: bool = False
+    # Torch device (default: cuda when available, else cpu).
+    device: str | None = None
+    # torch.compile mode of the fast path, e.g. reduce-overhead (default: eager).
+    compile_mode: str | None = None
+    # dtype of the fast path's frozen parts (GFDM) on a GPU; the CPU runs float32.
+    frozen_dtype: FrozenDtype = "bfloat16"
+    # Timed calls per measurement (training: a third of it, at least 3); 3 with --tiny=true.
+    repeats: int = 30
+    # What to measure: inference, training, components, largest (the largest training batch; CUDA only).
+    sections: list[Section] = field(
+        default_factory=lambda: ["inference", "training", "components", "largest"]
+    )
+    # Inference batch sizes.
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    # Write the results as JSON here (rewritten after every figure).
+    out: str | None = None
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="tiny preset on the CPU (smoke run of this script)"
-    )
-    parser.add_argument("--device", default=None)
-    parser.add_argument(
-        "--compile-mode", default=None, help="torch.compile mode of the fast path, e.g. reduce-overhead"
-    )
-    parser.add_argument("--frozen-dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument(
-        "--sections",
-        default="inference,training,components,largest",
-        help="comma list of: inference, training, components, largest",
-    )
-    parser.add_argument("--batch-sizes", default="1,8", help="inference batch sizes, comma separated")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    args = draccus.parse(BenchPolicyConfig)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sections = set(args.sections.split(","))
+    sections = set(args.sections)
     repeats = 3 if args.tiny else args.repeats
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -264,7 +275,7 @@ def main() -> None:
     if "inference" in sections:
         reference.eval()
         sampler = ReferenceSampler(reference)
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        batch_sizes = args.batch_sizes
         for batch_size in batch_sizes:
             batch = make_batch(reference.config, batch_size, device)
             reset_peak(device)
