@@ -10,8 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-import draccus
-
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_simulator import CALVIN_ENV_INSTALL_HINT, calvin_env_available
 
@@ -50,7 +49,7 @@ class BenchCalvinEnvConfig:
 
 
 def main() -> None:
-    args = draccus.parse(BenchCalvinEnvConfig)
+    args = parse_or_exit(BenchCalvinEnvConfig)
     if not calvin_env_available():
         raise SystemExit(CALVIN_ENV_INSTALL_HINT)
     rows = [(renderer, measure(renderer, args.steps, args.resets)) for renderer in args.renderers]

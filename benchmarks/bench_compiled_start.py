@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import draccus
+from lerobot_defi.command_line import parse_or_exit
 
 REPORT_PREFIX = "BENCH_START_REPORT "
 Size = Literal["tiny", "official"]
@@ -157,7 +157,7 @@ def run_child(args: BenchCompiledStartConfig, role: str, env: dict) -> dict | No
 
 
 def main() -> None:
-    args = draccus.parse(BenchCompiledStartConfig)
+    args = parse_or_exit(BenchCompiledStartConfig)
     args.compile_mode = args.compile_mode or (
         "reduce-overhead" if args.device.startswith("cuda") else "default"
     )

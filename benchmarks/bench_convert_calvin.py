@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import draccus
 from lerobot_defi.conversions import episode_writer
 from lerobot_defi.conversions.calvin import convert_calvin
 from lerobot_defi.conversions.calvin_format import (
@@ -39,6 +38,8 @@ from lerobot_defi.conversions.calvin_format import (
     read_fps,
     split_folders,
 )
+
+from lerobot_defi.command_line import parse_or_exit
 
 DEFAULT_RAW = Path(__file__).resolve().parents[1] / "tests" / "data" / "calvin_mini_slice"
 LEROBOT_CALLS = ("create", "resume", "add_frame", "save_episode", "finalize")
@@ -143,7 +144,7 @@ class BenchConvertCalvinConfig:
 
 
 def main() -> None:
-    args = draccus.parse(BenchConvertCalvinConfig)
+    args = parse_or_exit(BenchConvertCalvinConfig)
 
     folders = split_folders(args.raw_dir, args.split)
     fps = read_fps(folders[0][1])

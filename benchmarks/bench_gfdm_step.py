@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import draccus
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.edm import sample_log_normal_sigmas
 from lerobot_defi.models.gfdm_video import encode_video_latents, gfdm_v_objective_loss
 from lerobot_defi.models.reference_architectures import SVD_UNET, SVD_VAE
@@ -144,7 +144,7 @@ class BenchGFDMStepConfig:
 
 
 def main():
-    args = draccus.parse(BenchGFDMStepConfig)
+    args = parse_or_exit(BenchGFDMStepConfig)
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if device.type == "cuda":

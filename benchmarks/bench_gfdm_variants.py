@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import draccus
 import torch
 from bench_policy import after_gfdm, build_policy, make_batch, sync, timed
 from torch import nn
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import text_context_from_clip
 
@@ -109,7 +109,7 @@ class BenchGFDMVariantsConfig:
 
 
 def main() -> None:
-    args = draccus.parse(BenchGFDMVariantsConfig)
+    args = parse_or_exit(BenchGFDMVariantsConfig)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
     import torch._inductor.config as inductor_config

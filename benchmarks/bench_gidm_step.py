@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import draccus
 import torch
 import yaml
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
 from lerobot_defi.models.reference_architectures import DINOV2_BASE_REG, T5_BASE
 from lerobot_defi.pretrain.gidm_features import build_frozen_encoders, encode_pair_features
@@ -165,7 +165,7 @@ class BenchGIDMStepConfig:
 
 
 def main() -> None:
-    args = draccus.parse(BenchGIDMStepConfig)
+    args = parse_or_exit(BenchGIDMStepConfig)
     device = args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     precision = args.precision or ("fp32" if device == "cpu" else "bf16")
     batch_sizes = args.batch_sizes or ([8] if args.tiny else [64])

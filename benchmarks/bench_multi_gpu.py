@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import draccus
 import yaml
+
+from lerobot_defi.command_line import parse_or_exit
 
 REPO = Path(__file__).resolve().parents[1]
 CALVIN_SLICE = REPO / "tests" / "data" / "calvin_mini_slice" / "training"
@@ -471,7 +472,7 @@ class BenchMultiGPUConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = draccus.parse(BenchMultiGPUConfig, args=argv)
+    args = parse_or_exit(BenchMultiGPUConfig, argv)
     if not args.cpu:
         import torch
 

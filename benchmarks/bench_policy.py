@@ -20,10 +20,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
-import draccus
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.edm import sample_first_order
 from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.reference_architectures import official_random_config_overrides
@@ -226,7 +226,7 @@ class BenchPolicyConfig:
 
 
 def main() -> None:
-    args = draccus.parse(BenchPolicyConfig)
+    args = parse_or_exit(BenchPolicyConfig)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sections = set(args.sections)
     repeats = 3 if args.tiny else args.repeats

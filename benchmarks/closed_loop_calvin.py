@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import draccus
+from lerobot_defi.command_line import parse_or_exit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside this script
 from closed_loop_components import component_configs, write_stand_in_components
@@ -449,7 +449,7 @@ class Benchmark:
 
 
 def main() -> None:
-    config = draccus.parse(BenchmarkConfig)
+    config = parse_or_exit(BenchmarkConfig)
     results = Benchmark(config).run()
     if results:
         for policy, entry in results["policies"].items():

@@ -46,3 +46,18 @@ def _one_line(err: Exception) -> str:
             break
         error = cause
     return re.sub(r"`([\w.]+)`", r"--\1", " ".join(message.split()))
+
+
+def parse_or_exit[T](config_class: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
+    """:func:`parse_command_line` for scripts: on a bad command line print ``error: <message>`` on stderr and exit
+    with status 2 (``argv`` defaults to ``sys.argv[1:]``, ``prog`` to the script's name)."""
+    import sys
+    from pathlib import Path
+
+    try:
+        return parse_command_line(
+            config_class, sys.argv[1:] if argv is None else argv, prog or Path(sys.argv[0]).name
+        )
+    except CommandLineError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
