@@ -1,0 +1,118 @@
+"""Does a trained DeFI policy see the scene? How much its features change with the image, the GFDM's noise and the
+instruction, and how close its action chunks are to the recorded ones on its own training frames.
+
+DeFI perceives the scene only through the frozen GFDM (one denoising step on the current frame plus fresh noise,
+docs/method.md §4.3b) and the GIDM that reads the GFDM's features. With an untrained GFDM the features follow the
+noise more than the image, and a policy trained on them learns to ignore them: it then acts from the instruction
+alone. For pairs of frames ``(a, b)`` of a LeRobotDataset this prints relative changes ``||x(a) - x(b)|| / ||x(a)||``
+of the GFDM features and of the action head's context:
+
+* image: frame a vs frame b, both with a's instruction and the same GFDM noise draw;
+* instruction: frame a with a's vs b's instruction;
+* noise: frame a with two GFDM noise draws;
+
+and, over ``num_frames`` training frames, the mean absolute error of the predicted arm actions (first 6 dims,
+unnormalized) against the recorded chunk, next to the error of always predicting the dataset's mean action.
+
+    python benchmarks/feature_signal.py --policy_path=outputs/train/defi/checkpoints/last/pretrained_model \\
+        --dataset_root=outputs/closed_loop_calvin/dataset
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lerobot_defi.command_line import parse_or_exit
+
+
+@dataclass
+class FeatureSignalConfig:
+    # A trained DeFI checkpoint folder (pretrained_model/ of lerobot-train) or Hub id.
+    policy_path: str
+    # The LeRobotDataset folder it was trained on.
+    dataset_root: str
+    dataset_repo_id: str = "local/dataset"
+    # Frame pairs (a, b) whose features are compared; default: pairs drawn with seed.
+    pairs: list[list[int]] | None = None
+    num_pairs: int = 4
+    # Training frames for the open-loop action error.
+    num_frames: int = 24
+    seed: int = 0
+
+
+def relative_change(x: torch.Tensor, y: torch.Tensor) -> float:
+    return ((x - y).norm() / x.norm().clamp_min(1e-12)).item()
+
+
+def main() -> None:
+    cfg = parse_or_exit(FeatureSignalConfig)
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot_defi.conversions.video_backend import video_backend
+
+    import lerobot_policy_defi  # noqa: F401  (registers the policy type)
+    from lerobot_defi.models.gfdm import text_context_from_clip
+    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+
+    policy = DeFIPolicy.from_pretrained(cfg.policy_path).eval()
+    preprocess, postprocess = make_pre_post_processors(policy.config, pretrained_path=cfg.policy_path)
+    meta = LeRobotDatasetMetadata(cfg.dataset_repo_id, root=cfg.dataset_root)
+    dataset = LeRobotDataset(
+        cfg.dataset_repo_id,
+        root=cfg.dataset_root,
+        delta_timestamps=resolve_delta_timestamps(policy.config, meta),
+        video_backend=video_backend()[0],
+    )
+    rng = np.random.default_rng(cfg.seed)
+
+    def batch_of(index: int) -> dict:
+        item = dataset[index]
+        return preprocess({k: v.unsqueeze(0) if torch.is_tensor(v) else [v] for k, v in item.items()})
+
+    def features(batch: dict, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        policy.config.feature_noise_seed = noise_seed
+        inputs = policy._tensor_inputs(batch)
+        images, noise, clip_hidden = inputs[0], inputs[1], inputs[2]
+        context = text_context_from_clip(clip_hidden, policy.gfdm.cross_attention_dim)
+        cameras = len(policy.config.gfdm_camera_keys)
+        gfdm = policy.gfdm(images, context.repeat(cameras, 1, 1), noise=noise)
+        return gfdm, policy._encode(*inputs)["context"]
+
+    pairs = cfg.pairs or [rng.choice(len(dataset), 2, replace=False).tolist() for _ in range(cfg.num_pairs)]
+    print(f"{'frames':>14}  GFDM image / noise   context image / instruction / noise")
+    with torch.no_grad():
+        for a, b in pairs:
+            batch_a, batch_b = batch_of(a), batch_of(b)
+            gfdm_a1, context_a1 = features(batch_a, 1)
+            gfdm_a2, context_a2 = features(batch_a, 2)
+            gfdm_b1, context_b1 = features({**batch_b, "task": batch_a["task"]}, 1)
+            _, context_a_told_b = features({**batch_a, "task": batch_b["task"]}, 1)
+            print(
+                f"{a:>6} vs {b:<6}  {relative_change(gfdm_a1, gfdm_b1):>5.3f} / {relative_change(gfdm_a1, gfdm_a2):<5.3f}"
+                f"        {relative_change(context_a1, context_b1):>5.3f} / "
+                f"{relative_change(context_a1, context_a_told_b):>5.3f} / {relative_change(context_a1, context_a2):<5.3f}"
+            )
+
+        policy.config.feature_noise_seed = None
+        step = max(1, len(dataset) // 200)
+        mean_action = torch.stack(
+            [dataset.hf_dataset[i]["action"] for i in range(0, len(dataset), step)]
+        ).mean(0)
+        errors, baseline = [], []
+        for index in rng.choice(len(dataset), min(cfg.num_frames, len(dataset)), replace=False):
+            item = dataset[int(index)]
+            recorded = item["action"]
+            chunk = postprocess(policy.predict_action_chunk(batch_of(int(index))))[0]
+            n = min(len(chunk), len(recorded))
+            errors.append((chunk[:n, :6] - recorded[:n, :6]).abs().mean().item())
+            baseline.append((mean_action[:6] - recorded[:n, :6]).abs().mean().item())
+    print(
+        f"open loop on {len(errors)} training frames: |predicted - recorded| arm actions {np.mean(errors):.3f}, "
+        f"|mean action - recorded| {np.mean(baseline):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
