@@ -37,7 +37,9 @@ def write_stand_in_components(configs: dict[str, dict], out: Path, seed: int) ->
 
     torch.manual_seed(seed)
     UNetSpatioTemporalConditionModel.from_config(configs["unet"]).save_pretrained(out / "svd_init" / "unet")
-    AutoencoderKLTemporalDecoder.from_config(configs["vae"]).save_pretrained(out / "svd_init" / "vae")
+    vae = AutoencoderKLTemporalDecoder.from_config(configs["vae"])
+    match_svd_latent_scale(vae, seed)
+    vae.save_pretrained(out / "svd_init" / "vae")
     for name, loader in (("clip_text", load_clip_text), ("t5", load_t5)):
         model, tokenizer, _ = loader(None, configs[name])
         model.save_pretrained(out / name)
@@ -45,3 +47,24 @@ def write_stand_in_components(configs: dict[str, dict], out: Path, seed: int) ->
     dinov2 = dict(configs["dinov2"])
     model_type = dinov2.pop("model_type", "dinov2_with_registers")
     AutoModel.from_config(AutoConfig.for_model(model_type, **dinov2)).save_pretrained(out / "dinov2")
+
+
+def match_svd_latent_scale(vae, seed: int, image_size: int = 64, samples: int = 16) -> float:
+    """Scale a random VAE's encoder so the posterior-mode latents of images have the spread of SVD's VAE: std
+    ``1 / scaling_factor`` (about 5.5). The GFDM reads these latents unscaled next to unit-variance noise at
+    σ = 700 (docs/method.md §4.3b); a freshly initialised VAE gives latents of std ~0.2, so the image would be
+    ~25x weaker than the noise and the frozen GFDM's features would hardly depend on the scene. Calibrated on
+    smooth random images (bilinear upsampling of 8 x 8 noise); returns the factor applied to the mean half of
+    ``quant_conv``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(samples, 3, 8, 8, generator=generator) * 2 - 1
+    images = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mode()
+        factor = (1.0 / vae.config.scaling_factor) / latents.std().item()
+        channels = vae.config.latent_channels
+        vae.quant_conv.weight[:channels] *= factor
+        vae.quant_conv.bias[:channels] *= factor
+    return factor
