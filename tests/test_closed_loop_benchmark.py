@@ -117,3 +117,29 @@ def test_finished_stages_are_skipped_on_the_next_run(bench, tmp_path, capsys):
     assert (
         "[done] record" in printed and "[todo] train_act" in printed and "[todo] eval_act_003000" in printed
     )
+
+
+def test_stand_in_vae_gets_the_latent_spread_of_svd():
+    """The GFDM reads VAE latents unscaled next to unit noise: the stand-in must give SVD's std 1/scaling_factor
+    (a fresh random VAE gives ~0.2, and the frozen features then hardly see the image)."""
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from closed_loop_components import component_configs, match_svd_latent_scale
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder.from_config(component_configs("tiny")["vae"])
+    images = torch.nn.functional.interpolate(
+        torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1, size=64, mode="bilinear"
+    )
+    with torch.no_grad():
+        before = vae.encode(images).latent_dist.mode().std().item()
+        factor = match_svd_latent_scale(vae, seed=0)
+        after = vae.encode(images).latent_dist.mode()
+    assert before < 1.0 and factor > 5
+    assert (
+        abs(after.std().item() * vae.config.scaling_factor - 1.0) < 0.25
+    )  # other images than the calibration's
