@@ -53,7 +53,6 @@ def main() -> None:
     from lerobot_defi.conversions.video_backend import video_backend
 
     import lerobot_policy_defi  # noqa: F401  (registers the policy type)
-    from lerobot_defi.models.gfdm import text_context_from_clip
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
     policy = DeFIPolicy.from_pretrained(cfg.policy_path).eval()
@@ -67,24 +66,22 @@ def main() -> None:
     )
     rng = np.random.default_rng(cfg.seed)
 
-    def batch_of(index: int) -> dict:
-        item = dataset[index]
+    def batch_of(item: dict) -> dict:
         return preprocess({k: v.unsqueeze(0) if torch.is_tensor(v) else [v] for k, v in item.items()})
+
+    captured = {}  # the GFDM's output of the last encode, taken on its way into the Video Former and GIDM
+    policy.gfdm.register_forward_hook(lambda module, args, output: captured.update(gfdm=output))
 
     def features(batch: dict, noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         policy.config.feature_noise_seed = noise_seed
-        inputs = policy._tensor_inputs(batch)
-        images, noise, clip_hidden = inputs[0], inputs[1], inputs[2]
-        context = text_context_from_clip(clip_hidden, policy.gfdm.cross_attention_dim)
-        cameras = len(policy.config.gfdm_camera_keys)
-        gfdm = policy.gfdm(images, context.repeat(cameras, 1, 1), noise=noise)
-        return gfdm, policy._encode(*inputs)["context"]
+        context = policy.encode_observation(batch)["context"]
+        return captured["gfdm"], context
 
     pairs = cfg.pairs or [rng.choice(len(dataset), 2, replace=False).tolist() for _ in range(cfg.num_pairs)]
     print(f"{'frames':>14}  GFDM image / noise   context image / instruction / noise")
     with torch.no_grad():
         for a, b in pairs:
-            batch_a, batch_b = batch_of(a), batch_of(b)
+            batch_a, batch_b = batch_of(dataset[a]), batch_of(dataset[b])
             gfdm_a1, context_a1 = features(batch_a, 1)
             gfdm_a2, context_a2 = features(batch_a, 2)
             gfdm_b1, context_b1 = features({**batch_b, "task": batch_a["task"]}, 1)
@@ -96,6 +93,7 @@ def main() -> None:
             )
 
         policy.config.feature_noise_seed = None
+        torch.manual_seed(cfg.seed)  # the GFDM and chunk noise of the open-loop check
         step = max(1, len(dataset) // 200)
         mean_action = torch.stack(
             [dataset.hf_dataset[i]["action"] for i in range(0, len(dataset), step)]
@@ -104,7 +102,7 @@ def main() -> None:
         for index in rng.choice(len(dataset), min(cfg.num_frames, len(dataset)), replace=False):
             item = dataset[int(index)]
             recorded = item["action"]
-            chunk = postprocess(policy.predict_action_chunk(batch_of(int(index))))[0]
+            chunk = postprocess(policy.predict_action_chunk(batch_of(item)))[0]
             n = min(len(chunk), len(recorded))
             errors.append((chunk[:n, :6] - recorded[:n, :6]).abs().mean().item())
             baseline.append((mean_action[:6] - recorded[:n, :6]).abs().mean().item())

@@ -11,7 +11,9 @@ print it as ``error: <message>`` and exit with status 2. Unknown options stop in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import draccus
 
@@ -51,9 +53,6 @@ def _one_line(err: Exception) -> str:
 def parse_or_exit[T](config_class: type[T], argv: Sequence[str] | None = None, prog: str | None = None) -> T:
     """:func:`parse_command_line` for scripts: on a bad command line print ``error: <message>`` on stderr and exit
     with status 2 (``argv`` defaults to ``sys.argv[1:]``, ``prog`` to the script's name)."""
-    import sys
-    from pathlib import Path
-
     try:
         return parse_command_line(
             config_class, sys.argv[1:] if argv is None else argv, prog or Path(sys.argv[0]).name
