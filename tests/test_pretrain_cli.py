@@ -4,8 +4,8 @@ preset name, later flags override it) plus the spellings the README documents (d
 import pytest
 from lerobot_defi.presets import preset_path
 
-from lerobot_defi.pretrain.cli import normalise_cli_args, parse_config
-from lerobot_defi.pretrain.gidm_config import GIDMTrainConfig
+from lerobot_defi.pretrain.gidm.config import GIDMTrainConfig
+from lerobot_defi.pretrain.shared.cli import normalise_cli_args, parse_config
 
 
 def test_dashes_and_bare_booleans_become_draccus_flags():

@@ -10,7 +10,7 @@ evenly from each dataset (no augmentation), encoded, grouped by their latent act
 
 Standalone use on a saved model (the frozen encoders and image size are read from its ``gidm_training.json``)::
 
-    python -m lerobot_defi.pretrain.gidm_inspect --model_path=outputs/gidm/model \\
+    python -m lerobot_defi.pretrain.gidm.inspection --model_path=outputs/gidm/model \\
         --datasets='[{repo_id: calvin, root: /data/calvin_lerobot, gap: 5}]' --output_dir=outputs/gidm/inspect
 """
 
@@ -28,15 +28,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lerobot_defi.models.codebook_stats import perplexity
 from lerobot_defi.models.gidm import LatentActionModel
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gidm_config import GIDM_TRAINING_INFO_FILE
-from lerobot_defi.pretrain.gidm_data import FramePairDataset, FramePairSourceConfig
-from lerobot_defi.pretrain.gidm_features import (
+from lerobot_defi.pretrain.gidm.config import GIDM_TRAINING_INFO_FILE
+from lerobot_defi.pretrain.gidm.features import (
     DinoPatchFeatures,
     T5InstructionFeatures,
     build_frozen_encoders,
     encode_pair_features,
 )
+from lerobot_defi.pretrain.gidm.frame_pairs import FramePairDataset, FramePairSourceConfig
+from lerobot_defi.pretrain.shared.cli import parse_config
 
 SHEET_FILE = "latent_actions.png"
 RECORDS_FILE = "latent_actions.json"
