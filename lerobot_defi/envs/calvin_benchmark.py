@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from lerobot.configs import parser
 from lerobot.utils.import_utils import register_third_party_plugins
 from lerobot.utils.utils import init_logging
 from tqdm import tqdm
 
+from lerobot_defi.command_line import CommandLineError, parse_lerobot_command_line, parse_or_exit
 from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_benchmark_config import PROTOCOL_KEYS, CalvinBenchmarkConfig
 from lerobot_defi.envs.calvin_metrics import chain_success_rates, format_summary, summarize
@@ -54,6 +54,7 @@ class ResumeMismatchError(ValueError):
     """``--resume`` on a run made with other settings (the message lists them)."""
 
 
+PROG = "lerobot-defi-eval-calvin"
 RESULTS_FILE = "results.json"
 SEQUENCES_FILE = "sequences.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
@@ -122,7 +123,7 @@ def _progress_text(completed: list[int]) -> str:
 def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     """Run (or finish) the evaluation described by ``cfg``; return and write ``results.json``'s content."""
     if cfg.policy is None:
-        raise ValueError(
+        raise CommandLineError(
             "no policy: pass --policy.path=<checkpoint folder or Hub id> (or --policy.type=<type>)"
         )
     env_cfg = cfg.env_config()
@@ -134,7 +135,7 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     check_dataset_dir(cfg.dataset_dir, "--dataset_dir")
     probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
     if cfg.num_sequences > len(probe.sequences):
-        raise ValueError(
+        raise CommandLineError(
             f"--num_sequences={cfg.num_sequences} but only {len(probe.sequences)} sequences exist"
         )
     if cfg.output_dir is None:
@@ -183,20 +184,16 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     return summary
 
 
-@parser.wrap()
-def _main(cfg: CalvinBenchmarkConfig) -> dict:
-    return run_benchmark(cfg)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; ``argv`` (without the program name) defaults to the command line."""
+    """Console entry point; ``argv`` (without the program name) defaults to the command line. A bad option or
+    setup (simulator missing, a bad folder, a resume that does not match) is one ``error:`` line, exit status 2."""
+    register_third_party_plugins()  # before the log is set up: its line about loading this plugin is noise here
     init_logging()
-    register_third_party_plugins()
-    saved_argv = sys.argv
-    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    cfg = parse_or_exit(CalvinBenchmarkConfig, argv, PROG, parse=parse_lerobot_command_line)
     try:
-        _main()
+        run_benchmark(cfg)
     except (
+        CommandLineError,
         CalvinEnvNotInstalledError,
         CalvinDatasetDirError,
         PolicyEnvMismatchError,
@@ -205,8 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        sys.argv = saved_argv
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import draccus
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.pretrain.gfdm.config import TrainGFDMConfig
 from lerobot_defi.pretrain.gfdm.trainer import GFDMTrainer
 from lerobot_defi.pretrain.shared.cli import parse_config
@@ -48,7 +49,7 @@ def train(cfg: TrainGFDMConfig) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train(parse_config(TrainGFDMConfig, argv))
+    train(parse_or_exit(TrainGFDMConfig, argv, "lerobot-defi-train-gfdm", parse=parse_config))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.pretrain.gidm.config import GIDMTrainConfig
 from lerobot_defi.pretrain.gidm.trainer import GIDMTrainer
 from lerobot_defi.pretrain.shared.cli import parse_config
@@ -35,7 +36,7 @@ def train(cfg: GIDMTrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_config(GIDMTrainConfig, argv))
+    train(parse_or_exit(GIDMTrainConfig, argv, "lerobot-defi-train-gidm", parse=parse_config))
 
 
 if __name__ == "__main__":
