@@ -25,7 +25,7 @@ import yaml
 from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
 from lerobot_defi.models.reference_architectures import DINOV2_BASE_REG, T5_BASE
-from lerobot_defi.pretrain.gidm_features import build_frozen_encoders, encode_pair_features
+from lerobot_defi.pretrain.gidm.features import build_frozen_encoders, encode_pair_features
 
 # Only torch / transformers / huggingface_hub and draccus (the command line) are needed, no LeRobot: the script
 # also runs from a plain checkout with PYTHONPATH=. on a machine that has just those.

@@ -1,4 +1,9 @@
-"""Test session setup: offline mode and plugin registration; shared fixtures."""
+"""Test session setup: offline mode, plugin registration, the CALVIN simulator (skips and hiding); shared fixtures.
+
+Tests that need the real CALVIN simulator are marked ``calvin_env`` and skip, with the reason, where it cannot be
+imported. ``DEFI_HIDE_CALVIN_ENV=1`` hides an installed simulator from the tests and every process they start,
+to run them as on a machine without it (``.ci/run`` does once): ``tests/hide_calvin_env/sitecustomize.py``.
+"""
 
 import os
 
@@ -6,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,12 +20,45 @@ import pytest
 from defi_test_utils import CALVIN_SLICE, TESTS_DIR
 
 import lerobot_policy_defi  # noqa: F401  (registers the defi policy type and its processor steps)
+from lerobot_defi.envs.calvin_simulator import calvin_env_available
+
+HIDE_CALVIN_ENV_DIR = Path(__file__).resolve().parent / "hide_calvin_env"
+
+
+def hide_calvin_env() -> None:
+    """This process and the ones it starts cannot import the installed simulator (``DEFI_HIDE_CALVIN_ENV=1``)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(HIDE_CALVIN_ENV_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    spec = importlib.util.spec_from_file_location("hide_calvin_env", HIDE_CALVIN_ENV_DIR / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # hides it when run with the variable set
+
+
+if os.environ.get("DEFI_HIDE_CALVIN_ENV") == "1":  # before anything imports calvin_env (no import above does)
+    hide_calvin_env()
+
+CALVIN_ENV_SKIP_REASON = (
+    "needs the real CALVIN simulator (calvin_env), which cannot be imported here: "
+    "see the README section 'Install the simulator'"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``calvin_env`` (directly, by their module or by a parameter) without the simulator."""
+    if calvin_env_available():
+        return
+    skip = pytest.mark.skip(reason=CALVIN_ENV_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("calvin_env") is not None:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config):
     from lerobot_defi.conversions.video_backend import describe_video_backend
 
-    return describe_video_backend()
+    hidden = " (hidden: DEFI_HIDE_CALVIN_ENV=1)" if os.environ.get("DEFI_HIDE_CALVIN_ENV") == "1" else ""
+    simulator = "importable" if calvin_env_available() else f"not importable{hidden}"
+    return [describe_video_backend(), f"CALVIN simulator (calvin_env): {simulator}"]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -30,11 +30,9 @@ from lerobot_defi.envs.calvin_metrics import (
     summarize,
 )
 from lerobot_defi.envs.calvin_sequence_runner import run_sequence
-from lerobot_defi.envs.calvin_simulator import calvin_env_available
 from lerobot_defi.envs.calvin_video import OUTCOME_HOLD_FRAMES
 
 PLAYBACK, REAL = "playback", "calvin_env"
-REAL_SKIP_REASON = "calvin_env is not installed (see the README section 'Install the simulator'): the real-simulator variant is skipped"
 EP_LEN = 80
 LENIENT = "calvin_fakes:make_lenient_playback_simulator"
 # Recorded tasks, then tasks the recordings never do, to make five-task sequences.
@@ -90,8 +88,6 @@ def test_options_are_written_as_lerobot_writes_them(capsys):
     "backend", [PLAYBACK, pytest.param(REAL, marks=[pytest.mark.slow, pytest.mark.calvin_env])]
 )
 def test_run_sequence_resets_the_policy_per_instruction_and_films_it(backend, tmp_path):
-    if backend == REAL and not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     episode = load_recorded_episodes()[2]  # rotate_red_block_right, close_drawer, turn_off_led
     env = CalvinEnv(
         episode_length=EP_LEN,
@@ -274,8 +270,6 @@ def test_worker_processes_give_the_in_process_results(random_act, recorded_seque
 @pytest.mark.slow
 @pytest.mark.calvin_env
 def test_short_rollout_in_the_real_simulator(random_act, tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     out = tmp_path / "eval"
     main([f"--policy.path={random_act}", "--num_sequences=2", "--ep_len=15", f"--output_dir={out}"])
     results = json.loads((out / "results.json").read_text())
@@ -308,8 +302,6 @@ def save_tiny_defi_checkpoint(path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [PLAYBACK, pytest.param(REAL, marks=pytest.mark.calvin_env)])
 def test_tiny_defi_runs_the_benchmark(backend, recorded_sequences_file, tmp_path):
-    if backend == REAL and not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     policy = save_tiny_defi_checkpoint(tmp_path / "defi")
     out = tmp_path / "eval"
     ep_len = 40

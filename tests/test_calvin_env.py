@@ -19,7 +19,7 @@ from calvin_fakes import (
     save_random_act_checkpoint,
     write_sequences_file,
 )
-from defi_test_utils import SHARED_DATA
+from defi_test_utils import REPO_DIR, SHARED_DATA
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.factory import make_env_config
 from lerobot.envs.utils import env_to_policy_features
@@ -30,6 +30,8 @@ from lerobot_defi.envs.calvin_initial_state import state_for_initial_condition
 from lerobot_defi.envs.calvin_instructions import load_instructions
 from lerobot_defi.envs.calvin_sequences import load_sequences
 from lerobot_defi.envs.calvin_simulator import (
+    CALVIN_ENV_INSTALL_HINT,
+    INSTALL_CHECK_COMMAND,
     CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
@@ -40,7 +42,6 @@ from lerobot_defi.envs.calvin_simulator import (
 from lerobot_defi.envs.configuration_calvin import PolicyEnvMismatchError
 
 PLAYBACK, REAL = "playback", "calvin_env"
-REAL_SKIP_REASON = "calvin_env is not installed (see the README section 'Install the simulator'): the real-simulator variant is skipped"
 BACKENDS = [PLAYBACK, pytest.param(REAL, marks=[pytest.mark.slow, pytest.mark.calvin_env])]
 EPISODE_LENGTH = (
     80  # steps per instruction; every recorded task is solved within 70 steps of the previous one
@@ -49,11 +50,8 @@ INSTRUCTIONS = load_instructions()
 
 
 def simulator_factory(backend: str) -> str | None:
-    if backend == REAL:
-        if not calvin_env_available():
-            pytest.skip(REAL_SKIP_REASON)
-        return None
-    return "calvin_fakes:make_playback_simulator"
+    """None builds the real simulator (the tests of that backend are marked calvin_env); else the playback."""
+    return None if backend == REAL else "calvin_fakes:make_playback_simulator"
 
 
 def replay(env: CalvinEnv, agent: ReplayAgent, sequence_index: int) -> dict:
@@ -183,8 +181,6 @@ def test_solving_every_chained_task_terminates_with_success(backend):
 @pytest.mark.calvin_env
 def test_real_simulator_renders_the_dataset_images():
     """The real env's first observation, EGL-rendered, is the recorded dataset frame (CALVIN's data is EGL)."""
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     episode = load_recorded_episodes()[0]
     recorded = np.load(CALVIN_EVAL_DATA / "recorded_episodes.npz")
     env = CalvinEnv(sequences=[recorded_sequence(episode)], renderer="egl")
@@ -203,8 +199,6 @@ def test_real_simulator_renders_the_dataset_images():
 @pytest.mark.slow
 @pytest.mark.calvin_env
 def test_a_second_egl_simulator_in_one_process_is_refused():
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     first, second = CalvinEnv(renderer="egl"), CalvinEnv(renderer="egl")
     try:
         first.reset()
@@ -217,12 +211,15 @@ def test_a_second_egl_simulator_in_one_process_is_refused():
 
 
 @pytest.mark.slow
-def test_sync_vector_envs_with_egl_run_in_worker_processes(monkeypatch):
+def test_sync_vector_envs_with_egl_run_in_worker_processes(monkeypatch, tmp_path):
+    """The choice of vector env only: no simulator is built (none is needed), so calvin_env is made to look
+    installed."""
     import gymnasium as gym
 
     from lerobot_defi.envs import configuration_calvin
 
     monkeypatch.setattr(configuration_calvin, "calvin_env_available", lambda: True)
+    monkeypatch.setattr(configuration_calvin, "calvin_env_package_dir", lambda: tmp_path / "calvin_env")
     monkeypatch.setattr(configuration_calvin, "use_egl_for", lambda renderer: renderer != "tiny")
     envs = CalvinEnvConfig(renderer="egl").create_envs(n_envs=2, use_async_envs=False)
     try:
@@ -319,6 +316,38 @@ def test_missing_calvin_env_gives_an_install_hint(monkeypatch):
         CalvinEnvConfig().create_envs(n_envs=1)
     with pytest.raises(CalvinEnvNotInstalledError):
         CalvinEnv().reset()
+
+
+def test_the_install_check_is_one_command_named_the_same_everywhere(monkeypatch, capsys):
+    """The hint, the README, the install guide and the check's own usage name one command; no text names another
+    module of lerobot_defi.envs as something to run. Without the simulator it answers one ``error:`` line."""
+    import re
+
+    from lerobot_defi.envs import check_calvin_install
+
+    command = ".venv/bin/python -m lerobot_defi.envs.check_calvin_install"
+    assert (
+        command == f".venv/bin/{INSTALL_CHECK_COMMAND}" and check_calvin_install.PROG == INSTALL_CHECK_COMMAND
+    )
+    assert command in CALVIN_ENV_INSTALL_HINT
+    for page in (REPO_DIR / "README.md", REPO_DIR / "docs" / "installation.md"):
+        assert command in page.read_text(), page
+    texts = [
+        REPO_DIR / "README.md",
+        *(REPO_DIR / "docs").glob("*.md"),
+        *(REPO_DIR / "lerobot_defi").rglob("*.py"),
+    ]
+    other_commands = {
+        f"{path.relative_to(REPO_DIR)}: {match}"
+        for path in texts
+        for match in re.findall(r"-m lerobot_defi\.envs\.\w+", path.read_text())
+        if match != "-m lerobot_defi.envs.check_calvin_install"
+    }
+    assert not other_commands
+    monkeypatch.setitem(sys.modules, "calvin_env", None)  # makes `import calvin_env` fail
+    assert check_calvin_install.main([]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: CALVIN's simulator `calvin_env` is not installed") and command in error
 
 
 def _uncaught(monkeypatch, capsys, error: BaseException) -> str:
@@ -489,8 +518,6 @@ def test_lerobot_eval_runs_calvin_episodes(monkeypatch, tmp_path, random_act_che
 @pytest.mark.slow
 @pytest.mark.calvin_env
 def test_lerobot_eval_with_the_real_simulator(monkeypatch, tmp_path, random_act_checkpoint):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     info = run_lerobot_eval(
         monkeypatch,
         [

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from calvin_fakes import save_random_act_checkpoint
 from lerobot_defi.conversions.calvin_format import ReadOptions, features
-from test_calvin_env import REAL_SKIP_REASON, run_lerobot_eval
+from test_calvin_env import run_lerobot_eval
 
 from lerobot_defi.envs.calvin import CalvinEnv
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
@@ -19,7 +19,6 @@ from lerobot_defi.envs.calvin_recorder import (
     RecordCalvinConfig,
     record_calvin,
 )
-from lerobot_defi.envs.calvin_simulator import calvin_env_available
 from lerobot_defi.envs.calvin_task_starts import draw_task_start
 
 pytestmark = pytest.mark.calvin_env
@@ -28,8 +27,6 @@ pytestmark = pytest.mark.calvin_env
 @pytest.fixture(scope="module")
 def blind_simulator():
     """The real simulator without cameras (~300 steps/s) and CALVIN's task oracle."""
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     import hydra
     from omegaconf import OmegaConf
 
@@ -91,8 +88,6 @@ def frames_of(root):
 
 @pytest.mark.slow
 def test_recorder_writes_the_converter_features_and_confirmed_episodes(tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     tasks = ["turn_on_led", "open_drawer"]
     root, report = record(tmp_path, "expert", tasks=tasks, episodes_per_task=1, frames_after_success=3)
     dataset, frames = frames_of(root)
@@ -138,8 +133,6 @@ def test_recorder_writes_the_converter_features_and_confirmed_episodes(tmp_path)
 
 @pytest.mark.slow
 def test_recording_is_deterministic_with_worker_processes_and_perturbations(tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     options = {
         "tasks": ["push_red_block_left", "turn_on_lightbulb"],
         "episodes_per_task": 1,
@@ -159,8 +152,6 @@ def test_recording_is_deterministic_with_worker_processes_and_perturbations(tmp_
 
 @pytest.mark.slow
 def test_failed_attempts_are_retried_with_the_next_seeds_and_reported(tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     _, report = record(
         tmp_path,
         "short",
@@ -175,8 +166,6 @@ def test_failed_attempts_are_retried_with_the_next_seeds_and_reported(tmp_path):
 
 @pytest.mark.slow
 def test_task_level_env_starts_from_the_drawn_state_and_reports_the_oracle(tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     env = CalvinEnv(task="open_drawer", renderer="tiny", camera_size=48, episode_length=60)
     try:
         observation, info = env.reset(seed=5)
@@ -201,8 +190,6 @@ def test_task_level_env_starts_from_the_drawn_state_and_reports_the_oracle(tmp_p
 
 @pytest.mark.slow
 def test_lerobot_eval_reports_success_per_task(monkeypatch, tmp_path):
-    if not calvin_env_available():
-        pytest.skip(REAL_SKIP_REASON)
     policy = save_random_act_checkpoint(tmp_path / "act", camera_keys=("static", "gripper"))
     info = run_lerobot_eval(
         monkeypatch,

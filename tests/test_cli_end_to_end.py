@@ -24,7 +24,7 @@ TINY = REPO_DIR / "configs" / "defi_tiny.yaml"
 pytestmark = pytest.mark.slow
 
 
-def run_cli(args: list[str], cwd: Path) -> str:
+def run_cli(args: list[str], cwd: Path, expect_failure: bool = False) -> str:
     # One torch thread per process (torchrun gives its ranks one anyway): on a machine busy with other jobs,
     # spinning OpenMP threads make these runs ~3-10x slower instead of in proportion to the load.
     env = {
@@ -36,8 +36,8 @@ def run_cli(args: list[str], cwd: Path) -> str:
     }
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:2])} failed ({result.returncode}):\n{output[-6000:]}")
+    if (result.returncode != 0) != expect_failure:
+        raise AssertionError(f"{' '.join(args[:2])} exited with {result.returncode}:\n{output[-6000:]}")
     return output
 
 
@@ -132,7 +132,7 @@ def record_pusht_dataset(root: Path, episodes: int = 2, steps: int = 30) -> None
 
 def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
     record_pusht_dataset(tmp_path / "pusht")
-    run_cli(
+    output = run_cli(
         [
             str(BIN / "lerobot-train"),
             f"--config_path={TINY}",
@@ -146,6 +146,8 @@ def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
         ],
         tmp_path,
     )
+    # What the sampler can start from is said at the start (2 episodes of 30 frames, the tiny preset's 9 dropped).
+    assert "drop_n_last_frames=9: training samples start from 42 of 60 frames (70%) of 2 episodes" in output
     checkpoint = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
     # PushT's actions are positions: the default decides from the data not to binarise the last one.
     assert json.loads((checkpoint / "config.json").read_text())["binarize_gripper"] is False
@@ -168,6 +170,30 @@ def test_lerobot_eval_pusht_runs_tiny_defi(tmp_path):
     assert overall["n_episodes"] == 2
     assert len(overall["video_paths"]) == 2 and all(Path(p).is_file() for p in overall["video_paths"])
     assert np.isfinite(overall["avg_sum_reward"])
+
+
+def test_lerobot_train_stops_clearly_when_no_frame_can_be_sampled(tmp_path):
+    """Episodes of 8 frames with the tiny preset's drop_n_last_frames=9: LeRobot's sampler would have nothing to
+    start from; training stops before building the policy's networks, saying why and what to pass."""
+    record_pusht_dataset(tmp_path / "pusht", episodes=2, steps=8)
+    output = run_cli(
+        [
+            str(BIN / "lerobot-train"),
+            f"--config_path={TINY}",
+            "--dataset.repo_id=local/pusht_recorded",
+            f"--dataset.root={tmp_path / 'pusht'}",
+            f"--output_dir={tmp_path / 'run'}",
+            "--steps=2",
+            "--dataset.video_backend=pyav",
+        ],
+        tmp_path,
+        expect_failure=True,
+    )
+    assert (
+        "UnsampleableDataError: --policy.drop_n_last_frames=9 leaves no frame to train on for the whole dataset "
+        "(2 episode(s) of 8 frames)"
+    ) in output
+    assert "--policy.drop_n_last_frames=7" in output and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_two_process_ddp_training_on_cpu(tmp_path):

@@ -3,7 +3,7 @@ that together make the epoch, exact resume across epochs."""
 
 import numpy as np
 
-from lerobot_defi.pretrain.mixture import MixtureSampler
+from lerobot_defi.pretrain.shared.mixture import MixtureSampler
 
 
 def test_mixture_sampler_weights_shards_and_resume():

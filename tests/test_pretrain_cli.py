@@ -4,8 +4,9 @@ preset name, later flags override it) plus the spellings the README documents (d
 import pytest
 from lerobot_defi.presets import preset_path
 
-from lerobot_defi.pretrain.cli import normalise_cli_args, parse_config
-from lerobot_defi.pretrain.gidm_config import GIDMTrainConfig
+from lerobot_defi.command_line import CommandLineError
+from lerobot_defi.pretrain.gidm.config import GIDMTrainConfig
+from lerobot_defi.pretrain.shared.cli import normalise_cli_args, parse_config
 
 
 def test_dashes_and_bare_booleans_become_draccus_flags():
@@ -27,14 +28,16 @@ def test_config_path_takes_a_preset_name_or_a_file_and_flags_override_it(tmp_pat
     assert by_name.model == by_file.model and by_name.model.model_dim == 32  # from the preset
     assert parse_config(GIDMTrainConfig, []).model.model_dim == 768  # no preset: the official defaults
     with pytest.raises(
-        FileNotFoundError, match=r"no_such.yaml: no such file \(nor a preset in .*gidm_tiny.yaml"
+        CommandLineError, match=r"no_such.yaml: no such file \(nor a preset in .*gidm_tiny.yaml"
     ):
         parse_config(GIDMTrainConfig, ["--config_path=no_such.yaml"])
 
 
 def test_a_config_error_names_the_problem():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(CommandLineError, match="not both"):
         parse_config(GIDMTrainConfig, ["--datasets=[{repo_id: x, gap: 3, gap_range: [2, 4]}]"])
+    with pytest.raises(CommandLineError, match=r"^--steps: Couldn't parse 'many' into an int$"):
+        parse_config(GIDMTrainConfig, ["--steps=many"])
 
 
 def test_help_lists_the_flags(capsys):

@@ -31,19 +31,20 @@ from lerobot_defi.conversions.vpp_format import latent_file
 
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor
 from lerobot_defi.models.gfdm_video import GFDMVideoPipeline, encode_video_latents, gfdm_v_objective_loss
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gfdm_clip_dataset import GFDMClipDataset, build_clip_datasets
-from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig, episode_clips, evenly_spaced_indices
-from lerobot_defi.pretrain.gfdm_config import TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_latents import encode_missing_latents, save_latents_atomically
-from lerobot_defi.pretrain.gfdm_lerobot_source import (
+from lerobot_defi.pretrain.gfdm.clip_dataset import GFDMClipDataset, build_clip_datasets
+from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig, episode_clips, evenly_spaced_indices
+from lerobot_defi.pretrain.gfdm.config import TrainGFDMConfig
+from lerobot_defi.pretrain.gfdm.latent_cache import encode_missing_latents
+from lerobot_defi.pretrain.gfdm.latent_files import save_latents_atomically
+from lerobot_defi.pretrain.gfdm.lerobot_source import (
     LeRobotClipSource,
     frames_to_model_range,
     resize_frames_uint8,
 )
-from lerobot_defi.pretrain.gfdm_parts import check_svd_init_folder
-from lerobot_defi.pretrain.gfdm_vpp_source import VPPLatentSource
-from lerobot_defi.pretrain.mixture import MixtureDataset
+from lerobot_defi.pretrain.gfdm.parts import check_svd_init_folder
+from lerobot_defi.pretrain.gfdm.vpp_source import VPPLatentSource
+from lerobot_defi.pretrain.shared.cli import parse_config
+from lerobot_defi.pretrain.shared.mixture import MixtureDataset
 from lerobot_defi.pretrain.train_gfdm import train
 
 BIN = Path(sys.executable).parent
@@ -260,8 +261,8 @@ def test_bad_input_gets_clear_errors(tmp_path, vpp_video_datasets):
 def test_initialises_from_an_svd_folder(tmp_path):
     from safetensors.torch import load_file
 
-    from lerobot_defi.pretrain.gfdm_config import GFDMModelConfig
-    from lerobot_defi.pretrain.gfdm_parts import load_gfdm_parts
+    from lerobot_defi.pretrain.gfdm.config import GFDMModelConfig
+    from lerobot_defi.pretrain.gfdm.parts import load_gfdm_parts
 
     unet, vae = tiny_models()
     unet.save_pretrained(tmp_path / "svd" / "unet")

@@ -19,24 +19,24 @@ from lerobot_defi.presets import preset_path
 from safetensors.torch import load_file
 
 from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gidm_codebook import CodebookMonitor
-from lerobot_defi.pretrain.gidm_config import GIDMTrainConfig
-from lerobot_defi.pretrain.gidm_data import (
+from lerobot_defi.pretrain.gidm.codebook import CodebookMonitor
+from lerobot_defi.pretrain.gidm.config import GIDMTrainConfig
+from lerobot_defi.pretrain.gidm.features import (
+    DinoPatchFeatures,
+    T5InstructionFeatures,
+    build_frozen_encoders,
+    encode_pair_features,
+)
+from lerobot_defi.pretrain.gidm.frame_pairs import (
     FramePairDataset,
     FramePairSourceConfig,
     PairAugmentation,
     draw_run_gap,
     normalize_instruction,
 )
-from lerobot_defi.pretrain.gidm_features import (
-    DinoPatchFeatures,
-    T5InstructionFeatures,
-    build_frozen_encoders,
-    encode_pair_features,
-)
-from lerobot_defi.pretrain.gidm_inspect import group_by_latent_action
-from lerobot_defi.pretrain.gidm_trainer import resolve_model_config
+from lerobot_defi.pretrain.gidm.inspection import group_by_latent_action
+from lerobot_defi.pretrain.gidm.trainer import resolve_model_config
+from lerobot_defi.pretrain.shared.cli import parse_config
 from lerobot_defi.pretrain.train_gidm import main
 
 VPP_SLICE = TESTS_DIR / "data" / "vpp_slice"
@@ -434,7 +434,7 @@ def test_visual_check_groups_pairs_by_their_latent_action(trained, datasets):
 
 
 def test_inspect_cli_on_a_saved_model(trained, datasets, tmp_path, capsys):
-    from lerobot_defi.pretrain.gidm_inspect import main as inspect_main
+    from lerobot_defi.pretrain.gidm.inspection import main as inspect_main
 
     inspect_main(
         [
@@ -454,7 +454,7 @@ def test_inspect_cli_on_a_saved_model(trained, datasets, tmp_path, capsys):
 
 
 def test_group_by_latent_action_orders_by_frequency():
-    from lerobot_defi.pretrain.gidm_inspect import LatentActionRecord
+    from lerobot_defi.pretrain.gidm.inspection import LatentActionRecord
 
     def record(code):
         return LatentActionRecord("d", 0, 0, 1, "t", code, np.zeros((2, 4, 3), np.uint8))
@@ -485,7 +485,7 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(datasets, 
 
 
 def test_push_to_hub_uploads_the_finished_model_folder(datasets, tmp_path, monkeypatch):
-    import lerobot_defi.pretrain.gidm_trainer as gidm_trainer
+    import lerobot_defi.pretrain.gidm.trainer as gidm_trainer
 
     pushed = []
 

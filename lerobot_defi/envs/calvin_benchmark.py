@@ -18,37 +18,34 @@ appended to ``<output_dir>/sequences.jsonl``; ``--resume=true`` continues an int
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from lerobot.configs import PreTrainedConfig, parser
 from lerobot.utils.import_utils import register_third_party_plugins
 from lerobot.utils.utils import init_logging
 from tqdm import tqdm
 
+from lerobot_defi.command_line import CommandLineError, parse_lerobot_command_line, parse_or_exit
 from lerobot_defi.envs.calvin import CalvinEnv
+from lerobot_defi.envs.calvin_benchmark_config import PROTOCOL_KEYS, CalvinBenchmarkConfig
 from lerobot_defi.envs.calvin_metrics import chain_success_rates, format_summary, summarize
 from lerobot_defi.envs.calvin_sequence_runner import (
     SequenceResult,
     run_in_process,
     run_in_workers,
 )
-from lerobot_defi.envs.calvin_sequences import STANDARD_SEQUENCES_FILE, SUBTASKS_PER_SEQUENCE
 from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
-    DEFAULT_SCENE,
     CalvinDatasetDirError,
     CalvinEnvNotInstalledError,
     calvin_env_available,
     calvin_env_package_dir,
     check_dataset_dir,
 )
-from lerobot_defi.envs.configuration_calvin import CalvinEnvConfig, PolicyEnvMismatchError
+from lerobot_defi.envs.configuration_calvin import PolicyEnvMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -57,97 +54,10 @@ class ResumeMismatchError(ValueError):
     """``--resume`` on a run made with other settings (the message lists them)."""
 
 
+PROG = "lerobot-defi-eval-calvin"
 RESULTS_FILE = "results.json"
 SEQUENCES_FILE = "sequences.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
-# Settings that change the numbers: a resumed run must use the same ones.
-PROTOCOL_KEYS = (
-    "policy",
-    "ep_len",
-    "sequences_sha256",
-    "scene",
-    "dataset_dir",
-    "renderer",
-    "seed",
-    "rename_map",
-)
-
-
-@dataclass
-class CalvinBenchmarkConfig:
-    """Options of ``lerobot-defi-eval-calvin``, in LeRobot's draccus style (``--num_sequences=1000``)."""
-
-    # The policy: --policy.path=<folder or Hub id> (plus --policy.<field> overrides, e.g. --policy.device=cuda),
-    # or --policy.type=<type> for random weights (smoke tests).
-    policy: PreTrainedConfig | None = None
-    num_sequences: int = 1000
-    # Steps allowed per instruction: 360 is CALVIN's protocol, 720 what DeFI's evaluation code uses.
-    ep_len: int = 360
-    num_workers: int = 1
-    output_dir: Path | None = None
-    # Continue the run found in output_dir (sequences.jsonl) instead of refusing to overwrite it.
-    resume: bool = False
-    # Indices of the sequences to film (e.g. --video_sequences='[0,1,2]'), written to output_dir/videos.
-    video_sequences: list[int] = field(default_factory=list)
-    # JSON list of [initial_condition, [task, ...]]; default: the 1000 standard sequences.
-    sequences_file: str | None = None
-    # CALVIN validation split folder (simulator config + instructions); default: calvin_env's scene config.
-    dataset_dir: str | None = None
-    scene: str = DEFAULT_SCENE
-    renderer: str = "auto"
-    # "package.module:function" building (simulator, oracle) instead of calvin_env (see calvin_simulator.py).
-    simulator_factory: str | None = None
-    # Env key -> policy key, as lerobot-eval's --rename_map.
-    rename_map: dict[str, str] = field(default_factory=dict)
-    # Torch/numpy seed before sequence i is seed + i, so the policy's random draws do not depend on the worker.
-    # The simulator's state does: calvin_env's reset keeps the last gripper command (robot_obs[14]), so a
-    # sequence starts from what the sequence before it in its worker left. One worker plays them in order, as
-    # CALVIN's own loop does; N workers give each sequence another predecessor.
-    seed: int = 0
-
-    def __post_init__(self):
-        policy_path = parser.get_path_arg("policy")
-        if policy_path:
-            overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
-            self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
-            self.policy.pretrained_path = Path(policy_path)
-        if self.num_sequences < 1:
-            raise ValueError(f"--num_sequences must be >= 1, got {self.num_sequences}")
-        if self.ep_len < 1:
-            raise ValueError(f"--ep_len must be >= 1, got {self.ep_len}")
-        if self.num_workers < 1:
-            raise ValueError(f"--num_workers must be >= 1, got {self.num_workers}")
-
-    @classmethod
-    def __get_path_fields__(cls) -> list[str]:
-        return ["policy"]
-
-    def env_config(self) -> CalvinEnvConfig:
-        return CalvinEnvConfig(
-            episode_length=self.ep_len,
-            subtasks_per_episode=SUBTASKS_PER_SEQUENCE,
-            sequences_file=self.sequences_file,
-            dataset_dir=self.dataset_dir,
-            scene=self.scene,
-            renderer=self.renderer,
-            simulator_factory=self.simulator_factory,
-        )
-
-    def protocol(self) -> dict:
-        """The settings that determine the results (compared on resume), JSON-ready."""
-        sequences_path = Path(self.sequences_file) if self.sequences_file else STANDARD_SEQUENCES_FILE
-        return {
-            "policy": str(self.policy.pretrained_path or f"random {self.policy.type}"),
-            "policy_type": self.policy.type,
-            "ep_len": self.ep_len,
-            "sequences_sha256": hashlib.sha256(sequences_path.read_bytes()).hexdigest(),
-            "scene": self.scene,
-            "dataset_dir": self.dataset_dir,
-            "renderer": self.renderer,
-            "seed": self.seed,
-            "rename_map": dict(self.rename_map),
-            "num_sequences": self.num_sequences,
-        }
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -213,7 +123,7 @@ def _progress_text(completed: list[int]) -> str:
 def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     """Run (or finish) the evaluation described by ``cfg``; return and write ``results.json``'s content."""
     if cfg.policy is None:
-        raise ValueError(
+        raise CommandLineError(
             "no policy: pass --policy.path=<checkpoint folder or Hub id> (or --policy.type=<type>)"
         )
     env_cfg = cfg.env_config()
@@ -225,7 +135,7 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     check_dataset_dir(cfg.dataset_dir, "--dataset_dir")
     probe = CalvinEnv(**env_cfg.gym_kwargs)  # checks sequences and instructions; builds no simulator
     if cfg.num_sequences > len(probe.sequences):
-        raise ValueError(
+        raise CommandLineError(
             f"--num_sequences={cfg.num_sequences} but only {len(probe.sequences)} sequences exist"
         )
     if cfg.output_dir is None:
@@ -274,20 +184,16 @@ def run_benchmark(cfg: CalvinBenchmarkConfig) -> dict:
     return summary
 
 
-@parser.wrap()
-def _main(cfg: CalvinBenchmarkConfig) -> dict:
-    return run_benchmark(cfg)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point; ``argv`` (without the program name) defaults to the command line."""
+    """Console entry point; ``argv`` (without the program name) defaults to the command line. A bad option or
+    setup (simulator missing, a bad folder, a resume that does not match) is one ``error:`` line, exit status 2."""
+    register_third_party_plugins()  # before the log is set up: its line about loading this plugin is noise here
     init_logging()
-    register_third_party_plugins()
-    saved_argv = sys.argv
-    sys.argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    cfg = parse_or_exit(CalvinBenchmarkConfig, argv, PROG, parse=parse_lerobot_command_line)
     try:
-        _main()
+        run_benchmark(cfg)
     except (
+        CommandLineError,
         CalvinEnvNotInstalledError,
         CalvinDatasetDirError,
         PolicyEnvMismatchError,
@@ -296,8 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        sys.argv = saved_argv
 
 
 if __name__ == "__main__":

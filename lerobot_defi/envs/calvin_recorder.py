@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.envs.calvin_expert import SKILLS, CartesianDriver, SceneView
 from lerobot_defi.envs.calvin_instructions import training_instructions
 from lerobot_defi.envs.calvin_simulator import reset_for_episode
@@ -107,22 +108,24 @@ class RecordCalvinConfig:
         unknown = [task for task in self.tasks if task not in RECORDABLE_TASKS]
         if unknown:
             raise ValueError(
-                f"the expert has no skill for {unknown}; recordable tasks: {', '.join(RECORDABLE_TASKS)}"
+                f"--tasks: the expert has no skill for {unknown}; recordable tasks: {', '.join(RECORDABLE_TASKS)}"
             )
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks must be a non-empty list without repeats, got {self.tasks}")
+            raise ValueError(f"--tasks must be a non-empty list without repeats, got {self.tasks}")
         if self.episodes_per_task < 1:
-            raise ValueError(f"episodes_per_task must be >= 1, got {self.episodes_per_task}")
+            raise ValueError(f"--episodes_per_task must be >= 1, got {self.episodes_per_task}")
         if self.max_attempts_per_task is None:
             self.max_attempts_per_task = 2 * self.episodes_per_task + 10
         if self.max_attempts_per_task < self.episodes_per_task:
-            raise ValueError("max_attempts_per_task must be >= episodes_per_task")
+            raise ValueError(
+                f"--max_attempts_per_task must be >= --episodes_per_task ({self.episodes_per_task}), got {self.max_attempts_per_task}"
+            )
         if self.camera_size is not None and self.camera_size < 8:
-            raise ValueError(f"camera_size must be >= 8 pixels, got {self.camera_size}")
+            raise ValueError(f"--camera_size must be >= 8 pixels, got {self.camera_size}")
         if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.num_workers < 1:
-            raise ValueError(f"num_workers (simulator processes) must be >= 1, got {self.num_workers}")
+            raise ValueError(f"--num_workers (simulator processes) must be >= 1, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -392,32 +395,30 @@ def _write_report(root: Path, config: RecordCalvinConfig, options: dict) -> dict
     return report
 
 
-def main() -> None:
-    from lerobot.configs import parser
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``argv`` (without the program name) defaults to the command line. A bad option is one
+    ``error:`` line and exit status 2; fewer episodes than asked for after every attempt is exit status 1."""
     from lerobot.utils.utils import init_logging
 
-    @parser.wrap()
-    def run(config: RecordCalvinConfig) -> None:
-        init_logging()
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        root = record_calvin(config)
-        report = json.loads((root / "meta" / RECORDING_REPORT_FILE).read_text())
-        print(f"{root}: {report['total_episodes']} episodes")
-        for task, entry in report["tasks"].items():
-            print(
-                f"  {task:28s} kept {entry['kept']:4d} of {entry['attempts']:4d} attempts "
-                f"({entry['expert_success_rate']:.0%}), mean length {entry['mean_length'] or 0:.0f} frames"
-            )
-        short = [t for t, e in report["tasks"].items() if e["kept"] < config.episodes_per_task]
-        if short:
-            print(
-                f"error: fewer than {config.episodes_per_task} episodes for {short} after "
-                f"{config.max_attempts_per_task} attempts each (raise --max_attempts_per_task)",
-                file=sys.stderr,
-            )
-            raise SystemExit(1)
-
-    run()
+    init_logging()
+    config = parse_or_exit(RecordCalvinConfig, argv, "lerobot-defi-record-calvin")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    root = record_calvin(config)
+    report = json.loads((root / "meta" / RECORDING_REPORT_FILE).read_text())
+    print(f"{root}: {report['total_episodes']} episodes")
+    for task, entry in report["tasks"].items():
+        print(
+            f"  {task:28s} kept {entry['kept']:4d} of {entry['attempts']:4d} attempts "
+            f"({entry['expert_success_rate']:.0%}), mean length {entry['mean_length'] or 0:.0f} frames"
+        )
+    short = [t for t, e in report["tasks"].items() if e["kept"] < config.episodes_per_task]
+    if short:
+        print(
+            f"error: fewer than {config.episodes_per_task} episodes for {short} after "
+            f"{config.max_attempts_per_task} attempts each (raise --max_attempts_per_task)",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from lerobot.utils.import_utils import register_third_party_plugins
 from lerobot.utils.random_utils import set_seed
 
 from lerobot_defi.envs.calvin import SEQUENCE_INDEX_OPTION, CalvinEnv
+from lerobot_defi.envs.calvin_benchmark_config import CalvinBenchmarkConfig
 from lerobot_defi.envs.calvin_video import SequenceVideoWriter
-
-if TYPE_CHECKING:
-    from lerobot_defi.envs.calvin_benchmark import CalvinBenchmarkConfig
 
 VIDEOS_DIR = "videos"
 

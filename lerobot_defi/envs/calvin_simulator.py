@@ -27,13 +27,15 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-CALVIN_ENV_INSTALL_HINT = """\
+# The one command that checks the install (the README's): lerobot_defi/envs/check_calvin_install.py.
+INSTALL_CHECK_COMMAND = "python -m lerobot_defi.envs.check_calvin_install"
+CALVIN_ENV_INSTALL_HINT = f"""\
 CALVIN's simulator `calvin_env` is not installed. It is not on PyPI; install it from its repository, cloned
 OUTSIDE the project folder (a clone inside it shadows the installed package), with the venv's own pip:
     .venv/bin/pip install -e ".[calvin]"      # pybullet (compiles: needs a C++ compiler and Python headers), hydra-core, ...
     git clone https://github.com/mees/calvin_env.git ../calvin_env
     .venv/bin/pip install --no-deps -e ../calvin_env
-    .venv/bin/python -m lerobot_defi.envs.calvin_simulator     # builds the simulator once: the check
+    .venv/bin/{INSTALL_CHECK_COMMAND}     # the install check: builds the simulator once
 Keep the clone a git repository (calvin_env reads its own commit hash at start-up).
 See the README of lerobot_policy_defi ("Install the simulator") for details."""
 
@@ -357,7 +359,8 @@ def load_simulator_factory(path: str | None) -> SimulatorFactory:
 
 
 def check_installation(renderer: str = "auto") -> str:
-    """Build and reset the simulator once, as the evaluation does; return one line saying what was used."""
+    """Build and reset the simulator once, as the evaluation does; return one line saying what was used (the
+    work of the install check, ``INSTALL_CHECK_COMMAND``)."""
     root = calvin_env_root()
     simulator, oracle = build_calvin_simulator(renderer=renderer)
     try:

@@ -1,4 +1,5 @@
-"""``python -m lerobot_defi.envs.check_calvin_install``: the README's check of the CALVIN simulator install.
+"""``python -m lerobot_defi.envs.check_calvin_install``: the check of the CALVIN simulator install (the only one;
+the README, the docs and the install hint of ``calvin_simulator`` name it).
 
 It builds the simulator exactly as the evaluation does (finding ``calvin_env`` the way the evaluation does, from
 the current directory: run it from the project folder), resets it and asks the task oracle once, then prints one
@@ -14,9 +15,14 @@ import tempfile
 from dataclasses import dataclass
 
 from lerobot_defi.command_line import CommandLineError, parse_command_line
-from lerobot_defi.envs.calvin_simulator import RENDERERS, CalvinEnvNotInstalledError, check_installation
+from lerobot_defi.envs.calvin_simulator import (
+    INSTALL_CHECK_COMMAND,
+    RENDERERS,
+    CalvinEnvNotInstalledError,
+    check_installation,
+)
 
-PROG = "python -m lerobot_defi.envs.check_calvin_install"
+PROG = INSTALL_CHECK_COMMAND
 
 
 @dataclass

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.output is not None:
         print(f"wrote {cfg.output}")
     if cfg.push_to_hub:
-        from lerobot_defi.pretrain.publishing import push_folder_to_hub
+        from lerobot_defi.pretrain.shared.publishing import push_folder_to_hub
 
         url = push_folder_to_hub(
             cfg.output,

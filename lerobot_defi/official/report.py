@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lerobot_defi.official.checkpoints import OfficialCheckpointError
 from lerobot_defi.official.keymap import KeyMap, KeyMapResult
-from lerobot_defi.pretrain.publishing import atomic_directory
+from lerobot_defi.pretrain.shared.publishing import atomic_directory
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from lerobot_defi.policy.pretrained_parts import (
     resolve_pretrained_architectures,
     with_saved_architectures,
 )
+from lerobot_defi.policy.sampling_report import check_sampleable_frames, command_line_episodes
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,17 @@ class DeFIPolicy(PreTrainedPolicy):
     ):
         """``pretrained_dir`` is set by :meth:`from_pretrained`: the frozen parts are then built as empty
         skeletons from the recorded architectures and their weights come from the checkpoint. ``dataset_stats``
-        (from ``make_policy``) decides ``binarize_gripper`` when the config leaves it open; other ``kwargs``
-        (``dataset_meta``) are accepted and unused.
+        (from ``make_policy``) decides ``binarize_gripper`` when the config leaves it open; ``dataset_meta`` (given
+        by ``lerobot-train``) is checked for frames training can sample (``sampling_report``).
 
         ``config`` is not changed: the policy runs with and saves ``self.config``, the given config plus the
         fields its pretrained parts resolve (:func:`resolve_pretrained_architectures`)."""
         super().__init__(config)
         config.validate_features()
+        if kwargs.get("dataset_meta") is not None:
+            check_sampleable_frames(
+                kwargs["dataset_meta"], config.drop_n_last_frames, command_line_episodes()
+            )
         parts = load_pretrained_parts(config, pretrained_dir)
         self.config = config = resolve_pretrained_architectures(config, parts, dataset_stats)
         self.gfdm = parts.gfdm

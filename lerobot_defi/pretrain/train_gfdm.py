@@ -16,11 +16,8 @@ Outputs under ``output_dir``: ``checkpoints/<step>/`` (accelerate state, resumab
 prediction), and the final diffusers folder ``gfdm/`` (unet, vae, scheduler, text_encoder, tokenizer,
 model_index.json, README.md model card) that the DeFI policy loads with ``--policy.gfdm_path``.
 
-Modules: ``gfdm_config`` (the flags), ``gfdm_parts`` (SVD + CLIP to start from), ``gfdm_trainer`` (set-up and
-loop), ``gfdm_validation`` (validation loss, sample videos), ``gfdm_export`` (the diffusers folder),
-``gfdm_clips`` (dataset config, clip indices), ``gfdm_lerobot_source`` / ``gfdm_vpp_source`` (where clips come
-from), ``gfdm_latents`` (latent files, latent cache), ``gfdm_clip_dataset`` (the datasets), ``gfdm_samples``
-(sample videos); the objective, sampler and pipeline are ``models/gfdm_video.py``.
+Modules: the package ``gfdm/`` (its docstring lists them); ``shared/`` holds what Stage 2 uses too. The loss,
+sampler and pipeline are ``models/gfdm_video.py``.
 """
 
 from __future__ import annotations
@@ -30,9 +27,10 @@ from pathlib import Path
 
 import draccus
 
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gfdm_config import TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_trainer import GFDMTrainer
+from lerobot_defi.command_line import parse_or_exit
+from lerobot_defi.pretrain.gfdm.config import TrainGFDMConfig
+from lerobot_defi.pretrain.gfdm.trainer import GFDMTrainer
+from lerobot_defi.pretrain.shared.cli import parse_config
 
 # The run's full config, written next to its outputs.
 CONFIG_FILE = "train_config.yaml"
@@ -51,7 +49,7 @@ def train(cfg: TrainGFDMConfig) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train(parse_config(TrainGFDMConfig, argv))
+    train(parse_or_exit(TrainGFDMConfig, argv, "lerobot-defi-train-gfdm", parse=parse_config))
 
 
 if __name__ == "__main__":

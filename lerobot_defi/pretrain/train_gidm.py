@@ -17,18 +17,17 @@ with dead codes reset once per epoch. Runs on one or many processes through acce
 encoders and data it was trained with, ``latent_actions.png/json`` -- which frame pairs share a latent
 action). The DeFI policy takes the encoder side with ``--policy.gidm_path=<output_dir>/model`` (or the Hub id).
 
-Modules: ``gidm_config`` (the flags), ``gidm_trainer`` (set-up and loop), ``gidm_evaluation`` (losses across
-processes, validation), ``gidm_export`` (the model folder), ``gidm_codebook`` (usage, dead-code reset),
-``gidm_data`` (frame pairs), ``gidm_features`` (frozen DINOv2 / T5), ``gidm_inspect`` (the visual check).
+Modules: the package ``gidm/`` (its docstring lists them); ``shared/`` holds what Stage 1 uses too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gidm_config import GIDMTrainConfig
-from lerobot_defi.pretrain.gidm_trainer import GIDMTrainer
+from lerobot_defi.command_line import parse_or_exit
+from lerobot_defi.pretrain.gidm.config import GIDMTrainConfig
+from lerobot_defi.pretrain.gidm.trainer import GIDMTrainer
+from lerobot_defi.pretrain.shared.cli import parse_config
 
 
 def train(cfg: GIDMTrainConfig) -> Path:
@@ -37,7 +36,7 @@ def train(cfg: GIDMTrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_config(GIDMTrainConfig, argv))
+    train(parse_or_exit(GIDMTrainConfig, argv, "lerobot-defi-train-gidm", parse=parse_config))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from pathlib import Path
 import draccus
 
 from lerobot_defi.models.gfdm_video import GFDMVideoPipeline
-from lerobot_defi.pretrain.gfdm_config import TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_parts import GFDMParts
-from lerobot_defi.pretrain.publishing import atomic_directory, write_model_card
+from lerobot_defi.pretrain.gfdm.config import TrainGFDMConfig
+from lerobot_defi.pretrain.gfdm.parts import GFDMParts
+from lerobot_defi.pretrain.shared.publishing import atomic_directory, write_model_card
 
 EXPORT_DIR = "gfdm"
 # The training record inside the exported folder.

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, default_collate
 
-from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig, episode_clips, no_clip_error
-from lerobot_defi.pretrain.gfdm_latents import dataset_cache_name, read_latent_frames
-from lerobot_defi.pretrain.gfdm_lerobot_source import LeRobotClipSource, resize_frames_uint8
-from lerobot_defi.pretrain.gfdm_vpp_source import VPPLatentSource
-from lerobot_defi.pretrain.sources import load_lerobot_dataset
+from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig, episode_clips, no_clip_error
+from lerobot_defi.pretrain.gfdm.latent_files import dataset_cache_name, read_latent_frames
+from lerobot_defi.pretrain.gfdm.lerobot_source import LeRobotClipSource, resize_frames_uint8
+from lerobot_defi.pretrain.gfdm.vpp_source import VPPLatentSource
+from lerobot_defi.pretrain.shared.sources import load_lerobot_dataset
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lerobot_defi.pretrain.gidm_features import encode_pair_features
+from lerobot_defi.pretrain.gidm.features import encode_pair_features
 
 logger = logging.getLogger(__name__)
 

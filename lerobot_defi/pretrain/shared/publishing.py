@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lerobot_defi.pretrain.sources import DatasetSourceConfig
+    from lerobot_defi.pretrain.shared.sources import DatasetSourceConfig
 
 
 @contextmanager

@@ -20,29 +20,27 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lerobot_defi.models.edm import sample_log_normal_sigmas
-from lerobot_defi.models.gfdm import diffusers_config, text_context_from_clip
-from lerobot_defi.models.gfdm_video import encode_video_latents, gfdm_v_objective_loss
+from lerobot_defi.models.gfdm import diffusers_config
 from lerobot_defi.models.text import InstructionEncoders
-from lerobot_defi.pretrain.checkpoints import checkpoint_to_resume, restore_checkpoint, save_checkpoint
-from lerobot_defi.pretrain.gfdm_clip_dataset import build_clip_datasets, collate_clips
-from lerobot_defi.pretrain.gfdm_config import FROZEN_DTYPES, TrainGFDMConfig
-from lerobot_defi.pretrain.gfdm_export import EXPORT_DIR, export_gfdm_folder
-from lerobot_defi.pretrain.gfdm_latents import encode_missing_latents
-from lerobot_defi.pretrain.gfdm_lerobot_source import frames_to_model_range
-from lerobot_defi.pretrain.gfdm_parts import load_gfdm_parts
-from lerobot_defi.pretrain.gfdm_validation import validation_losses, write_sample_videos
-from lerobot_defi.pretrain.metrics_log import METRICS_FILE, MetricsLog
-from lerobot_defi.pretrain.mixture import MixtureDataset, MixtureSampler
-from lerobot_defi.pretrain.publishing import push_folder_to_hub
-from lerobot_defi.pretrain.run_setup import make_accelerator, seed_process
+from lerobot_defi.pretrain.gfdm.clip_dataset import build_clip_datasets, collate_clips
+from lerobot_defi.pretrain.gfdm.config import FROZEN_DTYPES, TrainGFDMConfig
+from lerobot_defi.pretrain.gfdm.export import EXPORT_DIR, export_gfdm_folder
+from lerobot_defi.pretrain.gfdm.latent_cache import encode_missing_latents
+from lerobot_defi.pretrain.gfdm.objective import GFDMObjective
+from lerobot_defi.pretrain.gfdm.parts import load_gfdm_parts
+from lerobot_defi.pretrain.gfdm.validation import validation_losses, write_sample_videos
+from lerobot_defi.pretrain.shared.checkpoints import checkpoint_to_resume, restore_checkpoint, save_checkpoint
+from lerobot_defi.pretrain.shared.metrics_log import METRICS_FILE, MetricsLog
+from lerobot_defi.pretrain.shared.mixture import MixtureDataset, MixtureSampler
+from lerobot_defi.pretrain.shared.publishing import push_folder_to_hub
+from lerobot_defi.pretrain.shared.run_setup import make_accelerator, seed_process
 
 # Logs from the main process only unless a call says main_process_only=False.
 logger = get_logger(__name__)
 
 
 class GFDMTrainer:
-    """Holds the prepared models and data, computes losses; ``run()`` is the training loop."""
+    """Holds the prepared models (the ``objective``) and data; ``run()`` is the training loop."""
 
     def __init__(self, cfg: TrainGFDMConfig):
         self.cfg = cfg
@@ -71,8 +69,6 @@ class GFDMTrainer:
         unet.train()
         if cfg.model.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        self.cross_attention_dim = unet.config.cross_attention_dim
-        self.scaling_factor = self.vae.config.scaling_factor
 
         with acc.main_process_first():
             cache_dir = None
@@ -108,6 +104,9 @@ class GFDMTrainer:
             num_training_steps=cfg.steps * acc.num_processes,
         )
         self.unet, self.optimizer, self.lr_scheduler = acc.prepare(unet, optimizer, lr_scheduler)
+        self.objective = GFDMObjective(
+            acc, self.unet, self.vae, self.text, cfg.objective, cfg.latent_cache.frames_per_batch
+        )
 
     # -- data --------------------------------------------------------------------------------------------------
     def _check_cache_info(self, cache_dir: Path) -> None:
@@ -196,52 +195,6 @@ class GFDMTrainer:
             generator=torch.Generator(),
         )
 
-    def clean_latents(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latents ``(B, F, 4, h, w)`` float32 of a batch (read from the cache or VAE-encoded)."""
-        device = self.accelerator.device
-        if "latents" in batch:
-            return batch["latents"].to(device, torch.float32)
-        frames = batch["frames"].to(device)
-        b, f = frames.shape[:2]
-        latents = encode_video_latents(
-            self.vae,
-            frames_to_model_range(frames.flatten(0, 1)),
-            sample_posterior=True,
-            chunk_size=self.cfg.latent_cache.frames_per_batch,
-            generator=generator,
-        )
-        return latents.reshape(b, f, *latents.shape[1:])
-
-    def text_context(self, tasks: list[str]) -> torch.Tensor:
-        """``(B, L, cross_attention_dim)`` CLIP context of the instructions."""
-        hidden = self.text(tasks).clip_hidden.to(self.accelerator.device)
-        return text_context_from_clip(hidden, self.cross_attention_dim)
-
-    def losses(
-        self, batch: dict, *, text_dropout: float, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Per-video losses ``(B,)`` of a batch (random draws from ``generator``, else the global RNG)."""
-        device = self.accelerator.device
-        clean = self.clean_latents(batch, generator)
-        b = clean.shape[0]
-        context = self.text_context(batch["task"])
-        if text_dropout > 0:
-            keep = torch.rand(b, device=device, generator=generator) >= text_dropout
-            context = context * keep[:, None, None].to(context.dtype)
-        sigmas = sample_log_normal_sigmas(
-            b,
-            self.cfg.objective.sigma_log_mean,
-            self.cfg.objective.sigma_log_std,
-            device=device,
-            generator=generator,
-        )
-        noise = torch.randn(clean.shape, device=device, generator=generator)
-        ids = torch.tensor([self.cfg.objective.added_time_ids], device=device).expand(b, -1)
-        with self.accelerator.autocast():
-            return gfdm_v_objective_loss(
-                self.unet, clean, clean[:, 0] / self.scaling_factor, context, ids, sigmas, noise
-            )
-
     # -- validation --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, float]:
@@ -250,9 +203,16 @@ class GFDMTrainer:
         if loader is None:
             return {}
         self.unet.eval()
-        result = validation_losses(self, loader)
+        names = [d.config.repo_id for _, d in self.val_sets]
+        result = validation_losses(self.objective, loader, names, self.cfg.val_seed)
         if self.cfg.sample_videos.num_videos > 0 and self.accelerator.is_main_process:
-            write_sample_videos(self, step)
+            write_sample_videos(
+                self.objective,
+                [d for _, d in self.val_sets],
+                self.parts.scheduler,
+                self.cfg,
+                self.output_dir / "samples" / f"step_{step:09d}",
+            )
         self.accelerator.wait_for_everyone()
         self.unet.train()
         return result
@@ -338,7 +298,7 @@ class GFDMTrainer:
         the gradient norm (None when not clipped)."""
         cfg, acc = self.cfg, self.accelerator
         with acc.accumulate(self.unet):
-            loss = self.losses(batch, text_dropout=cfg.objective.text_dropout).mean()
+            loss = self.objective.losses(batch, text_dropout=cfg.objective.text_dropout).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite GFDM loss {loss.item()} at step {step + 1}")
             acc.backward(loss)

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lerobot_defi.pretrain.sources import DatasetSourceConfig, open_metadata
+from lerobot_defi.pretrain.shared.sources import DatasetSourceConfig, open_metadata
 
 logger = logging.getLogger(__name__)
 

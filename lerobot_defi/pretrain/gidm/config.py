@@ -6,18 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lerobot_defi.models.gidm import GIDMConfig
-from lerobot_defi.pretrain.cli import PresetConfig
-from lerobot_defi.pretrain.gidm_data import (
+from lerobot_defi.pretrain.gidm.features import DINOV2_OFFICIAL_ID, T5_OFFICIAL_ID
+from lerobot_defi.pretrain.gidm.frame_pairs import (
     END_OF_EPISODE_MODES,
     GAP_SAMPLING_MODES,
     MISSING_TASK_MODES,
     FramePairSourceConfig,
 )
-from lerobot_defi.pretrain.gidm_features import DINOV2_OFFICIAL_ID, T5_OFFICIAL_ID
+from lerobot_defi.pretrain.shared.cli import PresetConfig
 
 # <output_dir>/model/: the exported GIDM (config.json + model.safetensors, card, training record, visual check).
 MODEL_DIR = "model"
-# The training record inside the model folder: frozen encoders, image size, data; read by gidm_inspect.
+# The training record inside the model folder: frozen encoders, image size, data; read by gidm.inspection.
 GIDM_TRAINING_INFO_FILE = "gidm_training.json"
 
 
@@ -48,7 +48,7 @@ class GIDMTrainConfig(PresetConfig):
     t5_path: str | None = T5_OFFICIAL_ID
     t5_config: dict | None = None
     image_size: int = 224
-    # Data (see gidm_data): official behaviour by default.
+    # Data (see frame_pairs): official behaviour by default.
     gap_sampling: str = "per_run"
     end_of_episode: str = "clamp"
     missing_task: str = "skip"

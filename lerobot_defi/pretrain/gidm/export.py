@@ -12,11 +12,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from lerobot_defi.models.gidm import LatentActionModel
-from lerobot_defi.pretrain.gidm_config import GIDM_TRAINING_INFO_FILE, GIDMTrainConfig
-from lerobot_defi.pretrain.gidm_data import FramePairDataset, PairAugmentation, describe_sources
-from lerobot_defi.pretrain.gidm_features import DinoPatchFeatures, T5InstructionFeatures
-from lerobot_defi.pretrain.gidm_inspect import write_inspection
-from lerobot_defi.pretrain.publishing import atomic_directory, write_model_card
+from lerobot_defi.pretrain.gidm.config import GIDM_TRAINING_INFO_FILE, GIDMTrainConfig
+from lerobot_defi.pretrain.gidm.features import DinoPatchFeatures, T5InstructionFeatures
+from lerobot_defi.pretrain.gidm.frame_pairs import FramePairDataset, PairAugmentation, describe_sources
+from lerobot_defi.pretrain.gidm.inspection import write_inspection
+from lerobot_defi.pretrain.shared.publishing import atomic_directory, write_model_card
 
 logger = logging.getLogger(__name__)
 

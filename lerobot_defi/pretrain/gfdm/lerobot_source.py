@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lerobot_defi.conversions.vpp_format import camera_key, latent_file
-from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig
-from lerobot_defi.pretrain.sources import episode_tasks, load_lerobot_dataset
+from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig
+from lerobot_defi.pretrain.shared.sources import episode_tasks, load_lerobot_dataset
 
 
 class LeRobotClipSource:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lerobot_defi.pretrain.cli import PresetConfig
-from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig
-from lerobot_defi.pretrain.gfdm_samples import VIDEO_FORMATS
+from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig
+from lerobot_defi.pretrain.gfdm.sample_videos import VIDEO_FORMATS
+from lerobot_defi.pretrain.shared.cli import PresetConfig
 
 FROZEN_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -20,33 +20,33 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lerobot_defi.models.gidm import GIDMConfig, LatentActionModel
-from lerobot_defi.pretrain.checkpoints import checkpoint_to_resume, restore_checkpoint, save_checkpoint
-from lerobot_defi.pretrain.gidm_codebook import CodebookMonitor
-from lerobot_defi.pretrain.gidm_config import MODEL_DIR, GIDMTrainConfig
-from lerobot_defi.pretrain.gidm_data import (
-    FramePairDataset,
-    PairAugmentation,
-    describe_sources,
-    split_episodes,
-)
-from lerobot_defi.pretrain.gidm_evaluation import (
+from lerobot_defi.pretrain.gidm.codebook import CodebookMonitor
+from lerobot_defi.pretrain.gidm.config import MODEL_DIR, GIDMTrainConfig
+from lerobot_defi.pretrain.gidm.evaluation import (
     LOSS_KEYS,
     check_processes_agree,
     evaluate,
     gidm_loss,
     reduce_mean,
 )
-from lerobot_defi.pretrain.gidm_export import export_model
-from lerobot_defi.pretrain.gidm_features import (
+from lerobot_defi.pretrain.gidm.export import export_model
+from lerobot_defi.pretrain.gidm.features import (
     DinoPatchFeatures,
     T5InstructionFeatures,
     build_frozen_encoders,
 )
-from lerobot_defi.pretrain.metrics_log import METRICS_FILE, MetricsLog, read_last_metrics
-from lerobot_defi.pretrain.mixture import MixtureDataset, MixtureSampler
-from lerobot_defi.pretrain.publishing import push_folder_to_hub
-from lerobot_defi.pretrain.run_setup import make_accelerator, seed_process
-from lerobot_defi.pretrain.sources import open_metadata
+from lerobot_defi.pretrain.gidm.frame_pairs import (
+    FramePairDataset,
+    PairAugmentation,
+    describe_sources,
+    split_episodes,
+)
+from lerobot_defi.pretrain.shared.checkpoints import checkpoint_to_resume, restore_checkpoint, save_checkpoint
+from lerobot_defi.pretrain.shared.metrics_log import METRICS_FILE, MetricsLog, read_last_metrics
+from lerobot_defi.pretrain.shared.mixture import MixtureDataset, MixtureSampler
+from lerobot_defi.pretrain.shared.publishing import push_folder_to_hub
+from lerobot_defi.pretrain.shared.run_setup import make_accelerator, seed_process
+from lerobot_defi.pretrain.shared.sources import open_metadata
 
 logger = logging.getLogger(__name__)
 

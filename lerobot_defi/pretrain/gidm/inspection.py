@@ -10,13 +10,14 @@ evenly from each dataset (no augmentation), encoded, grouped by their latent act
 
 Standalone use on a saved model (the frozen encoders and image size are read from its ``gidm_training.json``)::
 
-    python -m lerobot_defi.pretrain.gidm_inspect --model_path=outputs/gidm/model \\
+    python -m lerobot_defi.pretrain.gidm.inspection --model_path=outputs/gidm/model \\
         --datasets='[{repo_id: calvin, root: /data/calvin_lerobot, gap: 5}]' --output_dir=outputs/gidm/inspect
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,18 +27,20 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lerobot_defi.command_line import parse_or_exit
 from lerobot_defi.models.codebook_stats import perplexity
 from lerobot_defi.models.gidm import LatentActionModel
-from lerobot_defi.pretrain.cli import parse_config
-from lerobot_defi.pretrain.gidm_config import GIDM_TRAINING_INFO_FILE
-from lerobot_defi.pretrain.gidm_data import FramePairDataset, FramePairSourceConfig
-from lerobot_defi.pretrain.gidm_features import (
+from lerobot_defi.pretrain.gidm.config import GIDM_TRAINING_INFO_FILE
+from lerobot_defi.pretrain.gidm.features import (
     DinoPatchFeatures,
     T5InstructionFeatures,
     build_frozen_encoders,
     encode_pair_features,
 )
+from lerobot_defi.pretrain.gidm.frame_pairs import FramePairDataset, FramePairSourceConfig
+from lerobot_defi.pretrain.shared.cli import parse_config
 
+PROG = "python -m lerobot_defi.pretrain.gidm.inspection"
 SHEET_FILE = "latent_actions.png"
 RECORDS_FILE = "latent_actions.json"
 
@@ -221,13 +224,19 @@ class GIDMInspectConfig:
     t5_path: str | None = None
     image_size: int | None = None
 
+    def __post_init__(self):
+        if not self.model_path or not self.datasets:
+            raise ValueError(
+                "give --model_path=<GIDM folder or Hub id> and --datasets='[{repo_id: ..., root: ...}]'"
+            )
+        if self.num_pairs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"--num_pairs and --batch_size must be >= 1, got {self.num_pairs}, {self.batch_size}"
+            )
+
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(GIDMInspectConfig, argv)
-    if not cfg.model_path or not cfg.datasets:
-        raise ValueError(
-            "give --model_path=<GIDM folder or Hub id> and --datasets='[{repo_id: ..., root: ...}]'"
-        )
+    cfg = parse_or_exit(GIDMInspectConfig, argv, PROG, parse=parse_config)
     model = LatentActionModel.from_pretrained(cfg.model_path)
     info_file = Path(cfg.model_path) / GIDM_TRAINING_INFO_FILE
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
@@ -236,9 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     dinov2_config = None if cfg.dinov2_path else info.get("dinov2_config")
     t5_config = None if cfg.t5_path else info.get("t5_config")
     if dinov2_path is None and dinov2_config is None:
-        raise ValueError(
-            f"{cfg.model_path} has no {GIDM_TRAINING_INFO_FILE}: give --dinov2_path and --t5_path"
+        print(
+            f"error: {cfg.model_path} has no {GIDM_TRAINING_INFO_FILE}: give --dinov2_path and --t5_path",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     dino, t5 = build_frozen_encoders(dinov2_path, dinov2_config, t5_path, t5_config, info.get("seed", 42))
     image_size = cfg.image_size or info.get("image_size", 224)
     datasets = [

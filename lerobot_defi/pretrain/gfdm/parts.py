@@ -14,7 +14,7 @@ import torch
 from lerobot_defi.models.gfdm import GFDM_SUBFOLDERS, text_context_from_clip
 from lerobot_defi.models.gfdm_video import SVD_SCHEDULER_CONFIG
 from lerobot_defi.models.text import load_clip_text
-from lerobot_defi.pretrain.gfdm_config import GFDMModelConfig
+from lerobot_defi.pretrain.gfdm.config import GFDMModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ A clip is ``num_frames`` frame indices of one episode and one camera, with the i
   ``floor(linspace(0, n - 1, num_frames))``; episodes longer than ``max_episode_frames`` (official 100) skipped.
 
 Episode of ``n`` frames -> clips: a list of int64 ``(num_frames,)`` index arrays, each index in ``[0, n)``.
-Where the frames come from: ``gfdm_lerobot_source`` (``format="lerobot"``) and ``gfdm_vpp_source``
+Where the frames come from: ``lerobot_source`` (``format="lerobot"``) and ``vpp_source``
 (``format="vpp"``).
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lerobot_defi.pretrain.sources import DatasetSourceConfig
+from lerobot_defi.pretrain.shared.sources import DatasetSourceConfig
 
 CLIP_MODES = ("stride", "even")
 SOURCE_FORMATS = ("lerobot", "vpp")

@@ -1,9 +1,11 @@
 """Command lines of the pretraining entry points, parsed the way ``lerobot-train`` parses its own.
 
 ``parse_config(config_class, argv)`` runs LeRobot's ``lerobot.configs.parser.wrap`` (draccus underneath: plugin
-discovery, ``--help``, ``--config_path``) on ``argv``. ``--config_path`` reaches the config class's
-``from_pretrained`` as it reaches ``TrainPipelineConfig.from_pretrained`` in ``lerobot-train``; the trainers'
-configs take it from :class:`PresetConfig`: a YAML/JSON file, or the name of a preset shipped in
+discovery, ``--help``, ``--config_path``) on ``argv``, through ``lerobot_defi.command_line``: a bad value is one
+``CommandLineError``, which the commands print as one ``error:`` line before exiting with status 2.
+``--config_path`` reaches the config class's ``from_pretrained`` as it reaches
+``TrainPipelineConfig.from_pretrained`` in ``lerobot-train``; the trainers' configs take it from
+:class:`PresetConfig`: a YAML/JSON file, or the name of a preset shipped in
 ``lerobot_defi.presets`` (``--config_path=gfdm_tiny.yaml``). Two spellings are accepted on top of LeRobot's
 (the README documents them): dashes in flag names (``--output-dir=...``) and bare boolean flags
 (``--push-to-hub``).
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
 import draccus
+
+from lerobot_defi.command_line import parse_lerobot_command_line
 
 
 def normalise_cli_args(argv: Sequence[str]) -> list[str]:
@@ -60,37 +63,9 @@ class PresetConfig:
         return draccus.parse(config_class=cls, config_path=preset_or_file(config_path), args=list(cli_args))
 
 
-@contextmanager
-def _command_line(args: list[str]):
-    """LeRobot's parser reads ``sys.argv``: give it ``args`` for the duration of the parse."""
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "", *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def parse_config[C](config_class: type[C], argv: Sequence[str] | None = None) -> C:
-    """Parse ``argv`` (default ``sys.argv[1:]``) into ``config_class`` with LeRobot's ``parser.wrap``.
-
-    A config's own validation error (raised in ``__post_init__``, which draccus reports as "Couldn't
-    instantiate ...") is raised as itself, so that the message names the problem.
-    """
-    from lerobot.configs import parser
-
-    def parsed(cfg):
-        return cfg
-
-    parsed.__annotations__ = {"cfg": config_class}  # what parser.wrap reads to know the config class
+def parse_config[C](config_class: type[C], argv: Sequence[str] | None = None, prog: str | None = None) -> C:
+    """Parse ``argv`` (default ``sys.argv[1:]``) into ``config_class`` with LeRobot's ``parser.wrap``; a bad
+    command line, including a config's own check (its ``__post_init__``), raises one
+    :class:`~lerobot_defi.command_line.CommandLineError` whose message names the problem."""
     args = normalise_cli_args(sys.argv[1:] if argv is None else argv)
-    try:
-        with _command_line(args):
-            return parser.wrap()(parsed)()
-    except (draccus.utils.ParsingError, draccus.utils.DecodingError) as err:
-        cause = err.__cause__ or err.__context__
-        while isinstance(cause, (draccus.utils.ParsingError, draccus.utils.DecodingError)):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
-            raise cause from None
-        raise
+    return parse_lerobot_command_line(config_class, args, prog or Path(sys.argv[0]).name)

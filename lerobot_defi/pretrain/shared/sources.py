@@ -1,5 +1,5 @@
 """The LeRobotDatasets a pretraining run reads: one :class:`DatasetSourceConfig` per member of a mixture (extended
-with model-specific fields by ``gfdm_clips`` and ``gidm_data``), opened with errors that name the source."""
+with model-specific fields by ``gfdm.clips`` and ``gidm.frame_pairs``), opened with errors that name the source."""
 
 from __future__ import annotations
 

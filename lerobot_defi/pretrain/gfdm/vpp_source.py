@@ -18,7 +18,7 @@ from lerobot_defi.conversions.vpp_format import (
     annotation_files,
     read_annotation,
 )
-from lerobot_defi.pretrain.gfdm_clips import GFDMDatasetConfig
+from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig
 
 
 class VPPLatentSource:
