@@ -40,7 +40,7 @@ from lerobot_defi.command_line import parse_or_exit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside this script
 from closed_loop_components import component_configs, write_stand_in_components
-from closed_loop_results import plot_results, summarize_eval
+from closed_loop_results import load_results, machine_description, merge_results, plot_results, summarize_eval
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -93,7 +93,10 @@ SIZES = {
         gidm_preset="gidm_tiny.yaml",
         components="tiny",
         extra={
-            "defi": ["--policy.image_size=64", "--policy.gfdm_num_frames=4", "--policy.gidm_frame_indices=[0,2]"],
+            # The GIDM encoder at the original's 1e-4: at the tiny preset's 3e-3 Stage 3 collapses a pretrained
+            # GIDM's codes within ~100 steps (docs/training.md#s4).
+            "defi": ["--policy.image_size=64", "--policy.gfdm_num_frames=4", "--policy.gidm_frame_indices=[0,2]",
+                     "--policy.gidm_lr=0.0001"],
             "diffusion": ["--policy.down_dims=[32,64]", "--policy.horizon=16", "--policy.n_action_steps=8"],
             "act": ["--policy.dim_model=64", "--policy.dim_feedforward=128", "--policy.chunk_size=10",
                     "--policy.n_action_steps=10"],
@@ -124,6 +127,12 @@ class BenchmarkConfig:
     # Training (the same for every policy).
     steps: int = 3000
     batch_size: int = 64
+    # Frames a training sample may not start from, at the end of each episode, for every policy: LeRobot's ACT
+    # has no such setting (it starts samples everywhere), so 0 gives every policy the same frames.
+    drop_n_last_frames: int = 0
+    # Learning-rate warm-up of the policies that have one (DeFI, diffusion), as a fraction of the steps; ACT trains
+    # at a constant rate without warm-up (its preset).
+    warmup_fraction: float = 0.05
     # Checkpoints evaluated for the success-vs-steps curve: every steps / curve_points steps.
     curve_points: int = 3
     train_workers: int = 4
@@ -135,15 +144,19 @@ class BenchmarkConfig:
     eval_episodes_per_task: int = 20
     curve_episodes_per_task: int = 5
     episode_length: int = 120
-    # "training": each task is given its first training sentence (the stand-in text encoders are random, so no
-    # policy can generalise to CALVIN's held-out evaluation paraphrases); "evaluation": CALVIN's sentences.
-    instructions: str = "training"
+    # "dataset": each task is given its sentence that the most recorded episodes carry (the stand-in text encoders
+    # are random, so no policy can generalise to words it never saw); "training": each task's first CALVIN
+    # training sentence (which the recorder may never have drawn); "evaluation": CALVIN's held-out sentences.
+    instructions: str = "dataset"
     eval_batch_size: int = 10
     eval_seed: int = 100_000
     # Jobs at a time: trainings share the GPU, evaluations share the CPU cores (simulators).
     max_parallel_training: int = 4
     max_parallel_eval: int = 2
     dry_run: bool = False
+    # Merge the results.json of parts run on different machines (e.g. one part per session) into
+    # <output_dir>/results.json and results.png instead of running anything.
+    merge: list[str] | None = None
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -153,6 +166,16 @@ class BenchmarkConfig:
             raise ValueError(f"unknown policies {unknown}; known: {sorted(POLICIES)}")
         if self.steps < self.curve_points or self.curve_points < 1:
             raise ValueError("need steps >= curve_points >= 1")
+        if self.instructions not in ("dataset", "training", "evaluation"):
+            raise ValueError(
+                f"instructions must be dataset, training or evaluation, got {self.instructions!r}"
+            )
+        if not 0 <= self.warmup_fraction < 1 or self.drop_n_last_frames < 0:
+            raise ValueError("need 0 <= warmup_fraction < 1 and drop_n_last_frames >= 0")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_fraction * self.steps)
 
 
 @dataclass
@@ -268,11 +291,13 @@ class Benchmark:
             f"--num_workers={c.train_workers}", f"--seed={c.seed}", "--wandb.enable=false",
             "--policy.push_to_hub=false", f"--policy.device={c.device}",
         ]  # fmt: skip
+        if policy != "act":  # ACT starts samples from every frame and has no warm-up
+            common.append(f"--policy.drop_n_last_frames={c.drop_n_last_frames}")
         if policy.startswith("defi"):
             command = [
                 *self._lerobot("lerobot_train"), f"--config_path={CONFIGS / self.size.defi_preset}", *common,
                 f"--policy.clip_text_path={self.components / 'clip_text'}", f"--policy.t5_path={self.components / 't5'}",
-                *self.size.extra.get("defi", []),
+                f"--policy.lr_warmup_steps={c.warmup_steps}", *self.size.extra.get("defi", []),
             ]  # fmt: skip
             if policy == "defi":
                 command += [
@@ -291,7 +316,8 @@ class Benchmark:
         return [
             *self._lerobot("lerobot_train"), f"--policy.type={policy}", *common,
             f"--policy.input_features={json.dumps(inputs)}", "--policy.pretrained_backbone_weights=null",
-            *(["--policy.use_group_norm=true"] if policy == "diffusion" else []),
+            *([ "--policy.use_group_norm=true", f"--policy.scheduler_warmup_steps={c.warmup_steps}"]
+              if policy == "diffusion" else []),
             *self.size.extra.get(policy, []),
         ]  # fmt: skip
 
@@ -304,11 +330,17 @@ class Benchmark:
         return [
             *self._lerobot("lerobot_eval"), f"--policy.path={self.checkpoint_dir(policy, step)}",
             f"--policy.device={c.device}", "--env.type=calvin", f"--env.tasks=[{','.join(c.tasks)}]",
-            f"--env.camera_size={c.camera_size}", f"--env.renderer={c.renderer}", f"--env.instructions={c.instructions}",
+            f"--env.camera_size={c.camera_size}", f"--env.renderer={c.renderer}", *self._instruction_options(),
             f"--env.episode_length={c.episode_length}", f"--eval.n_episodes={episodes}",
             f"--eval.batch_size={min(c.eval_batch_size, episodes)}", "--eval.use_async_envs=true",
             f"--seed={c.eval_seed}", f"--output_dir={self.out / 'eval' / f'{policy}_{step:06d}'}",
         ]  # fmt: skip
+
+    def _instruction_options(self) -> list[str]:
+        options = [f"--env.instructions={self.config.instructions}"]
+        if self.config.instructions == "dataset":
+            options.append(f"--env.instructions_dataset={self.dataset_root}")
+        return options
 
     # --- run -------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -407,7 +439,13 @@ class Benchmark:
     # --- results ---------------------------------------------------------------------------------------
     def write_results(self, failed: dict[str, str] | None = None) -> dict:
         c = self.config
-        results: dict = {"config": asdict(c), "failed_stages": failed or {}, "policies": {}}
+        machine = machine_description(c.device)
+        results: dict = {
+            "config": asdict(c),
+            "machine": machine,
+            "failed_stages": failed or {},
+            "policies": {},
+        }
         recording = self.dataset_root / "meta" / "calvin_recording.json"
         if recording.is_file():
             report = json.loads(recording.read_text())
@@ -419,7 +457,7 @@ class Benchmark:
                 "recording_seconds": self.finished.get("record", {}).get("seconds"),
             }
         for policy in c.policies:
-            entry: dict = {"description": POLICIES[policy], "evaluations": []}
+            entry: dict = {"description": POLICIES[policy], "machine": machine, "evaluations": []}
             train = self.finished.get(f"train_{policy}")
             if train is not None:
                 entry["training"] = {
@@ -448,9 +486,19 @@ class Benchmark:
         return results
 
 
+def merge(config: BenchmarkConfig) -> dict:
+    """``--merge``: one results.json and plot in ``output_dir`` from the results of parts run separately."""
+    results = merge_results([load_results(path) for path in config.merge])
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+    plot_results(results, out / PLOT_FILE)
+    return results
+
+
 def main() -> None:
     config = parse_or_exit(BenchmarkConfig)
-    results = Benchmark(config).run()
+    results = merge(config) if config.merge else Benchmark(config).run()
     if results:
         for policy, entry in results["policies"].items():
             final = entry.get("final")

@@ -30,16 +30,14 @@ def write_stand_in_components(configs: dict[str, dict], out: Path, seed: int) ->
     (``clip_text/``), T5 (``t5/``) and DINOv2 with registers (``dinov2/``), each saved with its tokenizer or
     config in the layout its pretrained counterpart has on the Hub."""
     import torch
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from diffusers import UNetSpatioTemporalConditionModel
     from transformers import AutoConfig, AutoModel
 
     from lerobot_defi.models.text import load_clip_text, load_t5
 
     torch.manual_seed(seed)
     UNetSpatioTemporalConditionModel.from_config(configs["unet"]).save_pretrained(out / "svd_init" / "unet")
-    vae = AutoencoderKLTemporalDecoder.from_config(configs["vae"])
-    match_svd_latent_scale(vae, seed)
-    vae.save_pretrained(out / "svd_init" / "vae")
+    calibrated_stand_in_vae(configs["vae"], seed).save_pretrained(out / "svd_init" / "vae")
     for name, loader in (("clip_text", load_clip_text), ("t5", load_t5)):
         model, tokenizer, _ = loader(None, configs[name])
         model.save_pretrained(out / name)
@@ -49,22 +47,17 @@ def write_stand_in_components(configs: dict[str, dict], out: Path, seed: int) ->
     AutoModel.from_config(AutoConfig.for_model(model_type, **dinov2)).save_pretrained(out / "dinov2")
 
 
-def match_svd_latent_scale(vae, seed: int, image_size: int = 64, samples: int = 16) -> float:
-    """Scale a random VAE's encoder so the posterior-mode latents of images have the spread of SVD's VAE: std
-    ``1 / scaling_factor`` (about 5.5). The GFDM reads these latents unscaled next to unit-variance noise at
-    σ = 700 (docs/method.md §4.3b); a freshly initialised VAE gives latents of std ~0.2, so the image would be
-    ~25x weaker than the noise and the frozen GFDM's features would hardly depend on the scene. Calibrated on
-    smooth random images (bilinear upsampling of 8 x 8 noise); returns the factor applied to the mean half of
-    ``quant_conv``."""
+def calibrated_stand_in_vae(vae_config: dict, seed: int):
+    """A random SVD-shaped VAE (seeded) whose latents have the spread of SVD's VAE (std ``1 / scaling_factor``):
+    the GFDM reads them unscaled next to unit-variance noise at σ = 700 (docs/method.md §4.3b), and a freshly
+    initialised VAE's latents (std ~0.2) would leave the frozen features blind to the scene
+    (``lerobot_defi/models/latent_spread.py``)."""
     import torch
+    from diffusers import AutoencoderKLTemporalDecoder
 
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(samples, 3, 8, 8, generator=generator) * 2 - 1
-    images = torch.nn.functional.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
-    with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mode()
-        factor = (1.0 / vae.config.scaling_factor) / latents.std().item()
-        channels = vae.config.latent_channels
-        vae.quant_conv.weight[:channels] *= factor
-        vae.quant_conv.bias[:channels] *= factor
-    return factor
+    from lerobot_defi.models.latent_spread import match_latent_spread
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLTemporalDecoder.from_config(vae_config)
+    match_latent_spread(vae, seed=seed)
+    return vae

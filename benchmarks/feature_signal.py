@@ -1,5 +1,5 @@
-"""Does a trained DeFI policy see the scene? How much its features change with the image, the GFDM's noise and the
-instruction, and how close its action chunks are to the recorded ones on its own training frames.
+"""Does a trained DeFI policy see the scene and fit its demonstrations? How much its features change with the image,
+the GFDM's noise and the instruction, and the open-loop fit on its own training frames.
 
 DeFI perceives the scene only through the frozen GFDM (one denoising step on the current frame plus fresh noise,
 docs/method.md §4.3b) and the GIDM that reads the GFDM's features. With an untrained GFDM the features follow the
@@ -11,13 +11,15 @@ of the GFDM features and of the action head's context:
 * instruction: frame a with a's vs b's instruction;
 * noise: frame a with two GFDM noise draws;
 
-and, over ``num_frames`` training frames, the mean absolute error of the predicted arm actions (first 6 dims,
-unnormalized) against the recorded chunk, next to the error of always predicting the dataset's mean action.
+then the fit report (``lerobot_defi/policy/fit_report.py``) on ``num_frames`` frames of ``episodes`` (all frames of
+those episodes with ``num_frames=0``): open-loop error against the mean action, the context's spread over frames and
+noise draws, and the GIDM codes per token slot.
 
     python benchmarks/feature_signal.py --policy_path=outputs/train/defi/checkpoints/last/pretrained_model \\
-        --dataset_root=outputs/closed_loop_calvin/dataset
+        --dataset_root=outputs/closed_loop_calvin/dataset --episodes='[0]' --num_frames=0
 """
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,12 +35,16 @@ class FeatureSignalConfig:
     # The LeRobotDataset folder it was trained on.
     dataset_root: str
     dataset_repo_id: str = "local/dataset"
-    # Frame pairs (a, b) whose features are compared; default: pairs drawn with seed.
+    # Episodes the frames come from (None: all).
+    episodes: list[int] | None = None
+    # Frame pairs (a, b) whose features are compared (indices into the selected frames); default: drawn with seed.
     pairs: list[list[int]] | None = None
     num_pairs: int = 4
-    # Training frames for the open-loop action error.
+    # Frames of the fit report, drawn with seed; 0: every selected frame.
     num_frames: int = 24
     seed: int = 0
+    # Where to write the numbers as JSON (optional).
+    output_json: str | None = None
 
 
 def relative_change(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -53,6 +59,7 @@ def main() -> None:
     from lerobot_defi.conversions.video_backend import video_backend
 
     import lerobot_policy_defi  # noqa: F401  (registers the policy type)
+    from lerobot_defi.policy.fit_report import fit_report
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
     policy = DeFIPolicy.from_pretrained(cfg.policy_path).eval()
@@ -61,6 +68,7 @@ def main() -> None:
     dataset = LeRobotDataset(
         cfg.dataset_repo_id,
         root=cfg.dataset_root,
+        episodes=cfg.episodes,
         delta_timestamps=resolve_delta_timestamps(policy.config, meta),
         video_backend=video_backend()[0],
     )
@@ -78,6 +86,7 @@ def main() -> None:
         return captured["gfdm"], context
 
     pairs = cfg.pairs or [rng.choice(len(dataset), 2, replace=False).tolist() for _ in range(cfg.num_pairs)]
+    rows = []
     print(f"{'frames':>14}  GFDM image / noise   context image / instruction / noise")
     with torch.no_grad():
         for a, b in pairs:
@@ -86,30 +95,28 @@ def main() -> None:
             gfdm_a2, context_a2 = features(batch_a, 2)
             gfdm_b1, context_b1 = features({**batch_b, "task": batch_a["task"]}, 1)
             _, context_a_told_b = features({**batch_a, "task": batch_b["task"]}, 1)
+            row = {
+                "frames": [a, b],
+                "gfdm_image": relative_change(gfdm_a1, gfdm_b1),
+                "gfdm_noise": relative_change(gfdm_a1, gfdm_a2),
+                "context_image": relative_change(context_a1, context_b1),
+                "context_instruction": relative_change(context_a1, context_a_told_b),
+                "context_noise": relative_change(context_a1, context_a2),
+            }
+            rows.append(row)
             print(
-                f"{a:>6} vs {b:<6}  {relative_change(gfdm_a1, gfdm_b1):>5.3f} / {relative_change(gfdm_a1, gfdm_a2):<5.3f}"
-                f"        {relative_change(context_a1, context_b1):>5.3f} / "
-                f"{relative_change(context_a1, context_a_told_b):>5.3f} / {relative_change(context_a1, context_a2):<5.3f}"
+                f"{a:>6} vs {b:<6}  {row['gfdm_image']:>5.3f} / {row['gfdm_noise']:<5.3f}        "
+                f"{row['context_image']:>5.3f} / {row['context_instruction']:>5.3f} / {row['context_noise']:<5.3f}"
             )
-
-        policy.config.feature_noise_seed = None
-        torch.manual_seed(cfg.seed)  # the GFDM and chunk noise of the open-loop check
-        step = max(1, len(dataset) // 200)
-        mean_action = torch.stack(
-            [dataset.hf_dataset[i]["action"] for i in range(0, len(dataset), step)]
-        ).mean(0)
-        errors, baseline = [], []
-        for index in rng.choice(len(dataset), min(cfg.num_frames, len(dataset)), replace=False):
-            item = dataset[int(index)]
-            recorded = item["action"]
-            chunk = postprocess(policy.predict_action_chunk(batch_of(item)))[0]
-            n = min(len(chunk), len(recorded))
-            errors.append((chunk[:n, :6] - recorded[:n, :6]).abs().mean().item())
-            baseline.append((mean_action[:6] - recorded[:n, :6]).abs().mean().item())
-    print(
-        f"open loop on {len(errors)} training frames: |predicted - recorded| arm actions {np.mean(errors):.3f}, "
-        f"|mean action - recorded| {np.mean(baseline):.3f}"
-    )
+    policy.config.feature_noise_seed = None
+    frames = range(len(dataset))
+    if cfg.num_frames:
+        frames = sorted(rng.choice(len(dataset), min(cfg.num_frames, len(dataset)), replace=False).tolist())
+    report = fit_report(policy, preprocess, postprocess, [dataset[int(i)] for i in frames], seed=cfg.seed)
+    print(report.summary())
+    if cfg.output_json:
+        with open(cfg.output_json, "w") as f:
+            json.dump({"pairs": rows, "fit": report.as_dict()}, f, indent=1)
 
 
 if __name__ == "__main__":

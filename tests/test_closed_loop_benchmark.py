@@ -119,27 +119,92 @@ def test_finished_stages_are_skipped_on_the_next_run(bench, tmp_path, capsys):
     )
 
 
-def test_stand_in_vae_gets_the_latent_spread_of_svd():
+def test_stand_in_vae_gets_the_latent_spread_of_svd(bench):
     """The GFDM reads VAE latents unscaled next to unit noise: the stand-in must give SVD's std 1/scaling_factor
     (a fresh random VAE gives ~0.2, and the frozen features then hardly see the image)."""
     import torch
     from diffusers import AutoencoderKLTemporalDecoder
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from closed_loop_components import component_configs, match_svd_latent_scale
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    from lerobot_defi.models.latent_spread import calibration_images
+
+    configs = bench.component_configs("tiny")
     torch.manual_seed(0)
-    vae = AutoencoderKLTemporalDecoder.from_config(component_configs("tiny")["vae"])
-    images = torch.nn.functional.interpolate(
-        torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1, size=64, mode="bilinear"
-    )
+    vae = AutoencoderKLTemporalDecoder.from_config(configs["vae"])
+    images = calibration_images(64, samples=4, seed=1)  # other images than the calibration's
     with torch.no_grad():
         before = vae.encode(images).latent_dist.mode().std().item()
-        factor = match_svd_latent_scale(vae, seed=0)
-        after = vae.encode(images).latent_dist.mode()
-    assert before < 1.0 and factor > 5
-    assert (
-        abs(after.std().item() * vae.config.scaling_factor - 1.0) < 0.25
-    )  # other images than the calibration's
+    from closed_loop_components import calibrated_stand_in_vae
+
+    calibrated = calibrated_stand_in_vae(configs["vae"], seed=0)
+    with torch.no_grad():
+        after = calibrated.encode(images).latent_dist.mode()
+    assert before < 1.0
+    assert abs(after.std().item() * calibrated.config.scaling_factor - 1.0) < 0.25
+
+
+def test_every_policy_gets_the_same_frames_and_a_warm_up_that_fits_the_budget(bench, tmp_path):
+    config = bench.BenchmarkConfig(output_dir=str(tmp_path), steps=800, size="tiny")
+    plan = {job.name: job for job in bench.Benchmark(config).jobs()}
+    for policy in ("defi", "defi_no_pretraining", "diffusion"):
+        assert option(plan[f"train_{policy}"].command, "policy.drop_n_last_frames") == "0"
+    assert not any("drop_n_last_frames" in arg for arg in plan["train_act"].command)  # ACT: always 0
+    assert option(plan["train_diffusion"].command, "policy.scheduler_warmup_steps") == "40"  # 5 % of 800
+    for policy in ("defi", "defi_no_pretraining"):
+        assert option(plan[f"train_{policy}"].command, "policy.lr_warmup_steps") == "40"
+        assert option(plan[f"train_{policy}"].command, "policy.gidm_lr") == "0.0001"
+
+
+def test_evaluation_asks_for_each_task_with_a_sentence_of_the_training_data(bench, tmp_path):
+    plan = {job.name: job for job in bench.Benchmark(bench.BenchmarkConfig(output_dir=str(tmp_path))).jobs()}
+    for name in ("eval_defi_003000", "eval_act_001000"):
+        command = plan[name].command
+        assert option(command, "env.instructions") == "dataset"
+        assert option(command, "env.instructions_dataset") == str(tmp_path / "dataset")
+
+
+def results_part(bench, tmp_path, name: str, policies: dict[str, float], **config) -> dict:
+    """A results.json as the benchmark writes it, with one final evaluation per policy."""
+    out = tmp_path / name
+    benchmark = bench.Benchmark(
+        bench.BenchmarkConfig(
+            output_dir=str(out), steps=100, curve_points=1, policies=list(policies), **config
+        )
+    )
+    for policy, rate in policies.items():
+        folder = out / "eval" / f"{policy}_000100"
+        folder.mkdir(parents=True)
+        (folder / "eval_info.json").write_text(
+            json.dumps(eval_info({"open_drawer": [True] * int(rate * 4) + [False] * (4 - int(rate * 4))}))
+        )
+    return benchmark.write_results()
+
+
+def test_parts_run_on_different_machines_merge_into_one_table(bench, tmp_path):
+    first = results_part(bench, tmp_path, "part1", {"diffusion": 0.5, "act": 0.75})
+    second = results_part(bench, tmp_path, "part2", {"defi": 1.0})
+    second["machine"] = second["policies"]["defi"]["machine"] = "NVIDIA H200 (16 CPU cores)"
+    (tmp_path / "part2" / bench.RESULTS_FILE).write_text(json.dumps(second))
+    config = bench.BenchmarkConfig(
+        output_dir=str(tmp_path / "merged"),
+        merge=[str(tmp_path / "part1"), str(tmp_path / "part2" / "results.json")],
+    )
+    merged = bench.merge(config)
+    assert set(merged["policies"]) == {"diffusion", "act", "defi"}
+    assert merged["policies"]["defi"]["machine"] == "NVIDIA H200 (16 CPU cores)"
+    assert merged["policies"]["act"]["machine"] == first["machine"]
+    assert merged["policies"]["act"]["final"]["mean_success"] == 0.75
+    assert [part["policies"] for part in merged["parts"]] == [["diffusion", "act"], ["defi"]]
+    assert json.loads((tmp_path / "merged" / bench.RESULTS_FILE).read_text()) == merged
+    assert (tmp_path / "merged" / bench.PLOT_FILE).is_file()
+
+
+def test_merge_refuses_parts_of_different_benchmarks(bench, tmp_path):
+    from closed_loop_results import IncompatibleResultsError, merge_results
+
+    first = results_part(bench, tmp_path, "a", {"act": 0.5})
+    other_budget = results_part(bench, tmp_path, "b", {"defi": 0.5}, batch_size=8)
+    with pytest.raises(IncompatibleResultsError, match="batch_size"):
+        merge_results([first, other_budget])
+    same_policy = results_part(bench, tmp_path, "c", {"act": 0.25})
+    with pytest.raises(IncompatibleResultsError, match="act"):
+        merge_results([first, same_policy])

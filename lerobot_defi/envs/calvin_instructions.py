@@ -1,7 +1,8 @@
 """The language instruction a policy receives for each CALVIN task during evaluation.
 
 CALVIN's evaluation gives, for each of its 34 tasks, the first sentence of the validation
-annotations (sentences never seen in training). They are read from a CALVIN dataset's validation
+annotations (sentences never seen in training); the other sources are each task's first training sentence and the
+sentence a LeRobotDataset's own episodes use most (:func:`dataset_instructions`). They are read from a CALVIN dataset's validation
 split (``<split>/lang_annotations/embeddings.npy``: ``{task: {"ann": [sentence, ...], "emb": ...}}``)
 or, without a dataset, from the copy shipped with this package
 (``calvin_validation_instructions.json``, ``{task: sentence}``).
@@ -15,7 +16,7 @@ import numpy as np
 PACKAGED_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_validation_instructions.json"
 # CALVIN's training annotation sentences, {task: [sentence, ...]} (calvin_models/conf/annotations/new_playtable.yaml).
 TRAINING_INSTRUCTIONS_FILE = Path(__file__).resolve().parent / "calvin_training_instructions.json"
-INSTRUCTION_SOURCES = ("evaluation", "training")
+INSTRUCTION_SOURCES = ("evaluation", "training", "dataset")
 EMBEDDINGS_FILE = Path("lang_annotations") / "embeddings.npy"
 
 
@@ -48,12 +49,40 @@ def training_instructions() -> dict[str, list[str]]:
 
 def instructions_for(source: str, dataset_dir: str | Path | None = None) -> dict[str, str]:
     """``{task: sentence}``: the evaluation sentences (``"evaluation"``, see :func:`load_instructions`) or the
-    first training sentence of each task (``"training"``)."""
+    first training sentence of each task (``"training"``). ``"dataset"`` needs the dataset: see
+    :func:`dataset_instructions`."""
     if source == "evaluation":
         return load_instructions(dataset_dir)
     if source == "training":
         return {task: sentences[0] for task, sentences in training_instructions().items()}
+    if source == "dataset":
+        raise ValueError("instruction source 'dataset' needs the LeRobotDataset (dataset_instructions)")
     raise ValueError(f"instruction source must be one of {INSTRUCTION_SOURCES}, got {source!r}")
+
+
+def dataset_instructions(root: str | Path) -> dict[str, str]:
+    """``{task: sentence}`` from the instructions a LeRobotDataset of CALVIN data was trained with: for each CALVIN
+    task, its sentence (one of CALVIN's training annotations) that the most episodes of the dataset carry, ties to
+    the earlier one. For policies whose text encoders cannot generalise to a sentence they never saw (random
+    stand-ins): every task is then asked for with words from its own demonstrations. Sentences that are not CALVIN
+    training annotations are ignored."""
+    from collections import Counter
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset folder (no meta/info.json)")
+    meta = LeRobotDatasetMetadata("local/" + root.name, root=root)
+    task_of = {
+        sentence: task for task, sentences in training_instructions().items() for sentence in sentences
+    }
+    counts: dict[str, Counter] = {}
+    for episode_tasks in meta.episodes["tasks"]:
+        for sentence in episode_tasks:
+            if sentence in task_of:
+                counts.setdefault(task_of[sentence], Counter())[sentence] += 1
+    return {task: counter.most_common(1)[0][0] for task, counter in sorted(counts.items())}
 
 
 def check_instructions_cover(instructions: dict[str, str], tasks: set[str], source: str) -> None:

@@ -36,7 +36,7 @@ from lerobot_defi.envs.calvin import (
     camera_shapes,
     make_calvin_env,
 )
-from lerobot_defi.envs.calvin_instructions import INSTRUCTION_SOURCES
+from lerobot_defi.envs.calvin_instructions import INSTRUCTION_SOURCES, dataset_instructions
 from lerobot_defi.envs.calvin_sequences import SUBTASKS_PER_SEQUENCE
 from lerobot_defi.envs.calvin_simulator import (
     CALVIN_ENV_INSTALL_HINT,
@@ -91,10 +91,13 @@ class CalvinEnvConfig(EnvConfig):
     tasks: list[str] | None = None
     # Serve both cameras at camera_size x camera_size (None: 200x200 static, 84x84 gripper).
     camera_size: int | None = None
-    # The sentence a task is given by: "evaluation" (CALVIN's held-out validation sentence, its protocol) or
-    # "training" (the task's first training annotation sentence: for policies whose language encoder cannot
-    # generalise to unseen paraphrases, e.g. the offline benchmark's random stand-ins).
+    # The sentence a task is given by: "evaluation" (CALVIN's held-out validation sentence, its protocol),
+    # "training" (the task's first training annotation sentence) or "dataset" (the task's sentence that most
+    # episodes of the LeRobotDataset at instructions_dataset carry). The last two are for policies whose language
+    # encoder cannot generalise to unseen paraphrases, e.g. the offline benchmark's random stand-ins: "dataset"
+    # guarantees the words occur in the training data.
     instructions: str = "evaluation"
+    instructions_dataset: str | None = None
     features: dict[str, PolicyFeature] = field(
         default_factory=lambda: {
             "pixels/static": PolicyFeature(type=FeatureType.VISUAL, shape=STATIC_IMAGE_SHAPE),
@@ -137,6 +140,10 @@ class CalvinEnvConfig(EnvConfig):
             raise ValueError(
                 f"env.instructions must be one of {INSTRUCTION_SOURCES}, got {self.instructions!r}"
             )
+        if (self.instructions == "dataset") != (self.instructions_dataset is not None):
+            raise ValueError(
+                "env.instructions=dataset goes with env.instructions_dataset=<LeRobotDataset folder> (and only then)"
+            )
         if self.camera_size is not None:
             if self.camera_size < 8:
                 raise ValueError(f"env.camera_size must be >= 8 pixels, got {self.camera_size}")
@@ -160,6 +167,9 @@ class CalvinEnvConfig(EnvConfig):
             "simulator_factory": self.simulator_factory,
             "camera_size": self.camera_size,
             "instruction_source": self.instructions,
+            "instructions": (
+                dataset_instructions(self.instructions_dataset) if self.instructions == "dataset" else None
+            ),
         }
 
     def provided_policy_features(self) -> dict[str, PolicyFeature]:

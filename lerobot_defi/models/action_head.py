@@ -44,6 +44,12 @@ class ActionHeadConfig:
     causal_cross_attention: bool = True
     # Official quirk: AdaLN is `shift + x * scale`; True gives DiT's `shift + x * (1 + scale)` (docs/method.md §8.3).
     adaln_scale_plus_one: bool = False
+    # Initial AdaLN scale and gate: the bias of their rows in the modulation Linear (the form `shift + x * scale`
+    # is kept). The original initialises them to 0 (every Linear N(0, 0.02), zero bias), so a fresh decoder block
+    # hardly sees its input through self-attention and MLP; 1 starts it as a plain pre-norm block and fits several
+    # times faster from scratch (docs/training.md#s4). Irrelevant when weights are loaded.
+    adaln_scale_init: float = 1.0
+    adaln_gate_init: float = 1.0
     # EDM.
     sigma_data: float = 0.5
     sigma_min_train: float = 0.001
@@ -104,6 +110,13 @@ class DenoisingBlock(nn.Module):
         self.norm_mlp = LayerNormNoBias(cfg.dim)
         self.mlp = FeedForward(cfg.dim, cfg.mlp_ratio * cfg.dim, cfg.mlp_dropout)
 
+    @torch.no_grad()
+    def init_modulation(self, scale: float, gate: float) -> None:
+        """Set the bias of the modulation rows that produce the two AdaLN scales and the two gates."""
+        _, scale_1, gate_1, _, scale_2, gate_2 = self.modulation.bias.chunk(6)
+        for rows, value in ((scale_1, scale), (scale_2, scale), (gate_1, gate), (gate_2, gate)):
+            rows.fill_(value)
+
     def forward(
         self,
         x: Tensor,
@@ -156,9 +169,15 @@ class ActionHead(nn.Module):
         video_dim: int,
         latent_action_dim: int,
         context_length: int,
+        loss_noise_draws: int = 1,
     ):
+        """``loss_noise_draws``: noise levels and noises drawn per chunk in :meth:`loss` (1 as the original; the
+        policy sets ``DeFIConfig.loss_noise_draws``)."""
         super().__init__()
+        if loss_noise_draws < 1:
+            raise ValueError(f"loss_noise_draws must be >= 1, got {loss_noise_draws}")
         self.cfg = cfg
+        self.loss_noise_draws = loss_noise_draws
         self.action_dim = action_dim
         self.chunk_size = chunk_size
         d = cfg.dim
@@ -176,6 +195,8 @@ class ActionHead(nn.Module):
         cross = causal_mask(chunk_size, context_length) if cfg.causal_cross_attention else None
         self.register_buffer("cross_attention_mask", cross, persistent=False)
         self.apply(_init_weights)
+        for block in self.denoising_blocks:
+            block.init_modulation(cfg.adaln_scale_init, cfg.adaln_gate_init)
 
     def encode_context(self, goal: Tensor, video_tokens: Tensor, latent_action_tokens: Tensor) -> Tensor:
         """``[goal, video, latent-action]`` tokens -> context ``(B, 1 + Nv + Nl, dim)``; no position code."""
@@ -212,14 +233,24 @@ class ActionHead(nn.Module):
         action_is_pad: Tensor | None = None,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
+        noise_draws: int | None = None,
     ) -> Tensor:
         """EDM loss on a clean chunk ``actions (B, T, A)``: ``mean((F(c_in x, s) - (a - c_skip x)/c_out)^2)``
         with ``s`` from the truncated log-logistic density; padded steps (``action_is_pad (B, T)``) are
-        excluded from the mean. ``reduction="mean"``: one scalar over every valid step of the batch;
-        ``"none"``: ``(B,)``, each sample's mean over its own valid steps (0 for a sample with none)."""
+        excluded from the mean. Each chunk is noised ``noise_draws`` times (default: the head's
+        ``loss_noise_draws``; one noise level and noise per draw, the original draws once; the context is shared). ``reduction="mean"``: one scalar over every valid step of
+        the batch and its draws; ``"none"``: ``(B,)``, each sample's mean over its own valid steps and draws (0
+        for a sample with none)."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        draws = self.loss_noise_draws if noise_draws is None else noise_draws
+        if draws < 1:
+            raise ValueError(f"noise_draws must be >= 1, got {draws}")
         cfg = self.cfg
+        if draws > 1:
+            actions, context = actions.repeat_interleave(draws, 0), context.repeat_interleave(draws, 0)
+            if action_is_pad is not None:
+                action_is_pad = action_is_pad.repeat_interleave(draws, 0)
         sigma = sample_log_logistic_sigmas(
             actions.shape[0],
             cfg.sigma_density_loc,
@@ -236,11 +267,13 @@ class ActionHead(nn.Module):
         target = edm_training_target(actions, noisy, sigma, cfg.sigma_data)
         error = (output.float() - target.float()) ** 2
         if action_is_pad is None:
-            return error.mean() if reduction == "mean" else error.flatten(1).mean(1)
-        valid = (~action_is_pad).to(error.dtype)[..., None].expand_as(error)
-        if reduction == "none":
-            return (error * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
-        return (error * valid).sum() / valid.sum().clamp_min(1.0)
+            valid = torch.ones_like(error)
+        else:
+            valid = (~action_is_pad).to(error.dtype)[..., None].expand_as(error)
+        if reduction == "mean":
+            return (error * valid).sum() / valid.sum().clamp_min(1.0)
+        per_sample = (error * valid).reshape(-1, draws * error[0].numel()).sum(1)
+        return per_sample / valid.reshape(-1, draws * error[0].numel()).sum(1).clamp_min(1.0)
 
     def inference_sigmas(self, device=None) -> Tensor:
         """``[sigma_max, ..., sigma_min_infer, 0]`` (official: 80, 49.16, ..., 1.63, 1.0, 0)."""

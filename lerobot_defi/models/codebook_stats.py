@@ -1,8 +1,8 @@
 """Codebook statistics of a vector quantiser (docs/method.md §3.2): how often each code is chosen, the fraction
 of codes in use and the perplexity of the code distribution.
 
-The one place these are computed: GIDM pretraining logs them (``pretrain/gidm_codebook.py``), the visual check
-reports the perplexity of its latent actions (``pretrain/gidm_inspect.py``), and the policy logs them per batch.
+The one place these are computed: GIDM pretraining logs them (``pretrain/gidm/codebook.py``), the visual check
+reports the perplexity of its latent actions (``pretrain/gidm/inspection.py``), and the policy logs them per batch.
 Counts stay on their device (no host synchronisation) until :func:`codebook_stats` turns them into numbers.
 """
 

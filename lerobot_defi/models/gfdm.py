@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from torch import Tensor, nn
 
+from lerobot_defi.models.latent_spread import match_latent_spread
+
 GFDM_SUBFOLDERS = ("unet", "vae")
 
 
@@ -115,13 +117,24 @@ class GFDMFeatureExtractor(nn.Module):
 
     @classmethod
     def from_configs(
-        cls, unet_config: dict, vae_config: dict, dtype: torch.dtype = torch.float32, **kwargs
+        cls,
+        unet_config: dict,
+        vae_config: dict,
+        dtype: torch.dtype = torch.float32,
+        latent_std: float | None = None,
+        image_size: int | None = None,
+        **kwargs,
     ) -> "GFDMFeatureExtractor":
-        """Random-weight GFDM from architecture dicts (tiny test models, or a skeleton to load weights into)."""
+        """Random-weight GFDM from architecture dicts (tiny test models, or a skeleton to load weights into).
+
+        ``latent_std``: scale the random VAE so that latents of ``image_size`` images have this spread
+        (``models/latent_spread.py``; SVD's is ``1 / scaling_factor``); None keeps diffusers' initialisation."""
+        unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
+        vae = AutoencoderKLTemporalDecoder.from_config(vae_config)
+        if latent_std is not None:
+            match_latent_spread(vae, latent_std, image_size=image_size)
         # nn.Module.to: diffusers' own .to() warns about dtype casts meant for from_pretrained.
-        unet = nn.Module.to(UNetSpatioTemporalConditionModel.from_config(unet_config), dtype)
-        vae = nn.Module.to(AutoencoderKLTemporalDecoder.from_config(vae_config), dtype)
-        return cls(unet, vae, **kwargs)
+        return cls(nn.Module.to(unet, dtype), nn.Module.to(vae, dtype), **kwargs)
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen

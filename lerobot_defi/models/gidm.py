@@ -159,6 +159,22 @@ class VectorQuantizer(nn.Module):
             self.codebook.weight[dead] = self.codebook.weight[alive[pick]]
         return len(dead) if len(alive) else 0
 
+    @torch.no_grad()
+    def restart_dead_codes(
+        self, counts: Tensor, latents: Tensor, generator: torch.Generator | None = None
+    ) -> int:
+        """Re-initialise every code with ``counts == 0`` to a randomly chosen row of ``latents`` (recent encoder
+        outputs ``(N, latent_dim)``, before quantisation), so it lands where the encoder's outputs are and gets
+        chosen again. A copy of a used code (:meth:`reset_dead_codes`) cannot do that when the encoder's outputs
+        sit near one code per token slot, as they do in a GIDM trained from scratch. Returns how many codes were
+        restarted."""
+        dead = (counts.to(self.codebook.weight.device) == 0).nonzero().flatten()
+        if len(dead) == 0 or len(latents) == 0:
+            return 0
+        pick = torch.randint(len(latents), (len(dead),), generator=generator, device="cpu").to(latents.device)
+        self.codebook.weight[dead] = latents[pick].to(self.codebook.weight.dtype)
+        return len(dead)
+
 
 def padding_mask_rows(text_mask: Tensor, num_visual: int, num_frames: int, tiled: bool) -> Tensor:
     """Key-padding mask for the rows ``(sample, frame)`` of the spatial attention: ``(B*T, 1, 1, S)`` bool.
@@ -200,9 +216,10 @@ class LatentActionEncoder(nn.Module):
     def forward(
         self, frames: Tensor, text: Tensor, text_mask: Tensor, loss_reduction: str = "mean"
     ) -> dict[str, Tensor]:
-        """Returns ``latent_action_tokens (B, K, D)``, ``quantized (B, K, latent_dim)``, ``indices (B, K)``,
-        ``code_loss``, ``commitment_loss`` (scalars, or ``(B,)`` with ``loss_reduction="none"``; see
-        :class:`VectorQuantizer`) and ``text_tokens (B, L, D)`` (reused by the decoder)."""
+        """Returns ``latent_action_tokens (B, K, D)``, ``latents (B, K, latent_dim)`` (before quantisation),
+        ``quantized (B, K, latent_dim)``, ``indices (B, K)``, ``code_loss``, ``commitment_loss`` (scalars, or
+        ``(B,)`` with ``loss_reduction="none"``; see :class:`VectorQuantizer`) and ``text_tokens (B, L, D)``
+        (reused by the decoder)."""
         b, t, n, d = frames.shape
         if n != self.cfg.num_patches or d != self.cfg.model_dim:
             raise ValueError(
@@ -221,6 +238,7 @@ class LatentActionEncoder(nn.Module):
         quantized, indices, code_loss, commitment_loss = self.quantizer(z, reduction=loss_reduction)
         return {
             "latent_action_tokens": self.action_up(quantized),
+            "latents": z,
             "quantized": quantized,
             "indices": indices,
             "code_loss": code_loss,

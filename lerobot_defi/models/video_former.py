@@ -28,6 +28,11 @@ class VideoFormerConfig:
     input_hidden_dim: int = 768
     # Official quirk: no LayerNorm before the temporal attention (docs/method.md §8.11).
     temporal_prenorm: bool = False
+    # Standard deviation of the learned queries and frame embedding at initialisation. The original draws both
+    # from N(0, 1), which swamps the projected features: at init the output hardly depends on the image (relative
+    # change ~0.002) and a policy trained from scratch learns to ignore it; 0.02 lets the features through
+    # (docs/training.md#s5). Irrelevant when weights are loaded.
+    init_std: float = 0.02
 
 
 class PerceiverAttention(nn.Module):
@@ -100,8 +105,8 @@ class VideoFormer(nn.Module):
         self.input_mlp = nn.Sequential(
             nn.Linear(feature_dim, cfg.input_hidden_dim), nn.GELU(), nn.Linear(cfg.input_hidden_dim, cfg.dim)
         )
-        self.frame_embedding = nn.Parameter(torch.randn(num_frames, 1, cfg.dim))
-        self.queries = nn.Parameter(torch.randn(num_frames, cfg.queries_per_frame, cfg.dim))
+        self.frame_embedding = nn.Parameter(torch.randn(num_frames, 1, cfg.dim) * cfg.init_std)
+        self.queries = nn.Parameter(torch.randn(num_frames, cfg.queries_per_frame, cfg.dim) * cfg.init_std)
         self.layers = nn.ModuleList(VideoFormerLayer(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.optim import AdamWConfig
+from lerobot.optim.schedulers import DiffuserSchedulerConfig, LRSchedulerConfig
 from lerobot.utils.constants import ACTION
 
 from lerobot_defi.models.action_head import ActionHeadConfig
@@ -26,6 +27,8 @@ from lerobot_defi.models.video_former import VideoFormerConfig
 from lerobot_defi.policy.tristage_schedule import TriStageSchedulerConfig
 
 FROZEN_DTYPES = ("float32", "float16", "bfloat16")
+# Spread (std) of SVD's VAE latents, unscaled: 1 / scaling_factor.
+SVD_LATENT_STD = 1.0 / 0.18215
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,10 @@ class DeFIConfig(PreTrainedConfig):
     gfdm_vae_config: dict | None = None
     gfdm_dtype: str = "float16"
     gfdm_num_frames: int = 16
+    # A GFDM built from gfdm_*_config with random weights (tiny preset, stand-ins): its VAE is scaled so that
+    # latents have this spread; SVD's VAE gives 1 / 0.18215. With diffusers' own init (None) the latents are
+    # ~20x weaker than the GFDM's unit noise and the features hardly see the image (docs/training.md#s4).
+    gfdm_random_latent_std: float | None = SVD_LATENT_STD
     # Up-blocks whose outputs are concatenated as features (1280 + 1280 = 2560 channels officially).
     feature_up_blocks: tuple[int, ...] = (0, 1)
     # Noise level of the single UNet pass ("timestep: 20" in the official config; docs/method.md §8.18).
@@ -102,11 +109,22 @@ class DeFIConfig(PreTrainedConfig):
     gidm: GIDMConfig = field(default_factory=GIDMConfig)
     # Hidden width of the MLP projecting GFDM features of the two GIDM frames to the GIDM width.
     gidm_input_hidden_dim: int = 768
+    # Std of the learned embedding of the two GIDM frames at initialisation; the original's N(0, 1) swamps the
+    # projected features (docs/training.md#s4). Irrelevant when weights are loaded.
+    gidm_frame_embedding_init_std: float = 0.02
+    # Every N optimizer steps of lerobot-train, GIDM codes no sample chose since the last restart are set to recent
+    # encoder outputs, so the latent actions do not collapse to one code per token (policy/codebook_restart.py);
+    # 0: never (the original). Training only.
+    gidm_code_restart_steps: int = 20
     video_former: VideoFormerConfig = field(default_factory=VideoFormerConfig)
     action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
 
     # --- training -------------------------------------------------------------------------------------------
     optimizer_lr: float = 1e-4
+    # Learning rate of the GIDM encoder (the part a pretrained GIDM initialises); None: optimizer_lr, as the
+    # original. At a rate far above the original's 1e-4 (e.g. the tiny preset's 3e-3) Stage 3 overwrites a
+    # pretrained GIDM within ~100 steps and its codes collapse to one per token (docs/training.md#s4).
+    gidm_lr: float | None = None
     optimizer_betas: tuple[float, float] = (0.9, 0.9)
     optimizer_eps: float = 1e-8
     optimizer_weight_decay: float = 0.05
@@ -114,6 +132,14 @@ class DeFIConfig(PreTrainedConfig):
     optimizer_grad_clip_norm: float = 0.0
     # "constant": the official effective schedule (docs/method.md §8.1); "tristage": the intended one.
     lr_schedule: str = "constant"
+    # Linear warm-up of the constant schedule from 0 to optimizer_lr over this many steps; 0: none (the original).
+    # Without it a policy trained from scratch can lock into a context that ignores the image in its first steps
+    # (docs/training.md#s4).
+    lr_warmup_steps: int = 500
+    # Noise levels and noises drawn per chunk in the action head's EDM loss; the context, the expensive part, is
+    # computed once and shared. The original draws 1; one draw's noisy gradient often drives a policy trained from
+    # scratch to a context that ignores the image (docs/training.md#s4). Training only.
+    loss_noise_draws: int = 8
     # torch.compile mode for the GPU-heavy modules (GFDM pass, Video Former, GIDM, action head), e.g.
     # "reduce-overhead" (CUDA graphs) or "default"; None runs eagerly. Numerics are unchanged up to float
     # rounding (tests/test_fast_paths.py).
@@ -136,6 +162,12 @@ class DeFIConfig(PreTrainedConfig):
             )
         if self.lr_schedule not in ("constant", "tristage"):
             raise ValueError(f"lr_schedule must be 'constant' or 'tristage', got {self.lr_schedule!r}")
+        if self.loss_noise_draws < 1:
+            raise ValueError(f"loss_noise_draws must be >= 1, got {self.loss_noise_draws}")
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        if self.gidm_code_restart_steps < 0:
+            raise ValueError(f"gidm_code_restart_steps must be >= 0, got {self.gidm_code_restart_steps}")
         if self.gfdm_dtype not in FROZEN_DTYPES:
             raise ValueError(f"gfdm_dtype must be one of {FROZEN_DTYPES}, got {self.gfdm_dtype!r}")
         if len(self.gidm_frame_indices) != 2 or not all(
@@ -254,8 +286,12 @@ class DeFIConfig(PreTrainedConfig):
             grad_clip_norm=self.optimizer_grad_clip_norm,
         )
 
-    def get_scheduler_preset(self) -> TriStageSchedulerConfig | None:
-        return TriStageSchedulerConfig() if self.lr_schedule == "tristage" else None
+    def get_scheduler_preset(self) -> LRSchedulerConfig | None:
+        if self.lr_schedule == "tristage":
+            return TriStageSchedulerConfig()
+        if self.lr_warmup_steps:
+            return DiffuserSchedulerConfig(name="constant_with_warmup", num_warmup_steps=self.lr_warmup_steps)
+        return None
 
 
 def action_channel_is_binary(action_stats: dict, index: int, tolerance: float = 1e-4) -> bool:

@@ -36,6 +36,7 @@ from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
 from lerobot_defi.models.video_former import VideoFormer
+from lerobot_defi.policy.codebook_restart import CodebookRestarts
 from lerobot_defi.policy.compile_cache import cached_compiled_function, config_as_saved
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 # Only these files of a Hub repo are needed to rebuild a saved policy.
 PRETRAINED_FILES = ["config.json", "model.safetensors", *(f"{d}/*" for d in TOKENIZER_DIRS.values())]
+# Written next to the weights of a policy that was trained: what training did with the GIDM's codebook.
+CODEBOOK_REPORT_FILE = "gidm_codebook.json"
 
 
 class CheckpointMismatchError(ValueError):
@@ -93,7 +96,9 @@ class DeFIPolicy(PreTrainedPolicy):
             nn.GELU(),
             nn.Linear(config.gidm_input_hidden_dim, gidm_dim),
         )
-        self.gidm_frame_embedding = nn.Parameter(torch.randn(2, 1, gidm_dim))
+        self.gidm_frame_embedding = nn.Parameter(
+            torch.randn(2, 1, gidm_dim) * config.gidm_frame_embedding_init_std
+        )
         self.gidm = LatentActionEncoder(config.gidm)
         self.video_former = VideoFormer(config.video_former, feature_dim, config.gfdm_num_frames)
         video_tokens = config.gfdm_num_frames * config.video_former.queries_per_frame
@@ -105,8 +110,10 @@ class DeFIPolicy(PreTrainedPolicy):
             video_dim=config.video_former.dim,
             latent_action_dim=gidm_dim,
             context_length=1 + video_tokens + config.gidm.num_latent_tokens,
+            loss_noise_draws=config.loss_noise_draws,
         )
         self.gidm_load_report: dict | None = None
+        self.codebook_restarts = CodebookRestarts(config.gidm.codebook_size, config.gidm_code_restart_steps)
         self._compiled_sample = None
         if parts.gidm is not None:
             self.gidm_load_report = self.load_gidm_encoder(parts.gidm, source=config.gidm_path)
@@ -199,6 +206,9 @@ class DeFIPolicy(PreTrainedPolicy):
         super()._save_pretrained(save_directory, state_dict=state_dict)
         self.text.clip_tokenizer.save_pretrained(save_directory / TOKENIZER_DIRS["clip"])
         self.text.t5_tokenizer.save_pretrained(save_directory / TOKENIZER_DIRS["t5"])
+        if self.codebook_restarts.steps:
+            report = json.dumps(self.codebook_restarts.summary(), indent=1)
+            (save_directory / CODEBOOK_REPORT_FILE).write_text(report + "\n")
 
     @classmethod
     def from_pretrained(
@@ -269,8 +279,16 @@ class DeFIPolicy(PreTrainedPolicy):
         return model
 
     # --- LeRobot API ----------------------------------------------------------------------------------------
-    def get_optim_params(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+    def get_optim_params(self) -> list[nn.Parameter] | list[dict]:
+        """The trainable parameters; two groups when ``gidm_lr`` gives the GIDM encoder its own rate."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if self.config.gidm_lr is None:
+            return trainable
+        gidm = {id(p) for p in self.gidm.parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) not in gidm]},
+            {"params": [p for p in trainable if id(p) in gidm], "lr": self.config.gidm_lr},
+        ]
 
     def reset(self) -> None:
         """Clear the action queue (call at every new episode / instruction)."""
@@ -336,6 +354,7 @@ class DeFIPolicy(PreTrainedPolicy):
         return {
             "context": action_context,
             "indices": gidm["indices"],
+            "latents": gidm["latents"],
             "code_loss": gidm["code_loss"],
             "commitment_loss": gidm["commitment_loss"],
         }
@@ -357,16 +376,26 @@ class DeFIPolicy(PreTrainedPolicy):
         t5_dropout = self.training and self.config.t5_dropout_in_training
         encoded = self._encode(*self._tensor_inputs(batch, t5_dropout=t5_dropout), vq_reduction=reduction)
         action_loss = self.action_head.loss(
-            batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"), reduction=reduction
+            batch[ACTION],
+            encoded["context"],
+            batch.get(f"{ACTION}_is_pad"),
+            reduction=reduction,
         )
         commitment_weight = self.config.gidm.commitment_weight
         loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
+        if self.training:
+            self.codebook_restarts.observe(encoded["indices"], encoded["latents"])
         return loss, {
             "action_loss": action_loss.mean().item(),
             "vq_code_loss": encoded["code_loss"].mean().item(),
             "vq_commitment_loss": encoded["commitment_loss"].mean().item(),
             **codebook_stats(code_counts(encoded["indices"], self.config.gidm.codebook_size)),
         }
+
+    def update(self) -> None:
+        """Called by ``lerobot-train`` after every optimizer step: restarts unused GIDM codes every
+        ``gidm_code_restart_steps`` steps (``policy/codebook_restart.py``)."""
+        self.codebook_restarts.step(self.gidm.quantizer)
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:

@@ -131,7 +131,13 @@ def _build_gfdm(config: DeFIConfig, skeleton: bool) -> GFDMFeatureExtractor:
         return GFDMFeatureExtractor.from_pretrained(config.gfdm_path, dtype=dtype, **options)
     if config.gfdm_unet_config is not None and config.gfdm_vae_config is not None:
         return GFDMFeatureExtractor.from_configs(
-            config.gfdm_unet_config, config.gfdm_vae_config, dtype=dtype, **options
+            config.gfdm_unet_config,
+            config.gfdm_vae_config,
+            dtype=dtype,
+            # random weights are calibrated; a skeleton's weights come from the checkpoint
+            latent_std=None if skeleton else config.gfdm_random_latent_std,
+            image_size=config.image_size,
+            **options,
         )
     raise ValueError(
         "This DeFI config records no GFDM architecture (gfdm_unet_config / gfdm_vae_config); "

@@ -1,0 +1,102 @@
+"""Can a DeFI preset memorise a few demonstrations? Trains it with ``lerobot-train`` on the chosen episodes of a
+LeRobotDataset and writes the fit report (``lerobot_defi/policy/fit_report.py``: open-loop error against the mean
+action, context spread, GIDM codes) of every saved checkpoint on the frames training samples start from, into
+``<output_dir>/fit.json`` (docs/training.md#s4).
+
+    python benchmarks/fit_episodes.py --dataset_root=tests/data/calvin_expert_open_drawer --steps=500
+    python benchmarks/fit_episodes.py --preset=defi_calvin_small.yaml --dataset_root=outputs/closed_loop/dataset \\
+        --episodes='[0]' --device=cuda --steps=1000 --extra='[--policy.gfdm_path=..., --policy.optimizer_lr=3e-4]'
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lerobot_defi.command_line import parse_or_exit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class FitEpisodesConfig:
+    dataset_root: str
+    output_dir: str = "outputs/fit_episodes"
+    dataset_repo_id: str = "local/dataset"
+    # Preset in configs/ (or a path) given to lerobot-train as --config_path.
+    preset: str = "defi_tiny.yaml"
+    episodes: list[int] = field(default_factory=lambda: [0])
+    steps: int = 500
+    batch_size: int = 16
+    checkpoints: int = 2
+    device: str = "cpu"
+    seed: int = 1000
+    # More lerobot-train options, e.g. stand-in component paths or another learning rate.
+    extra: list[str] = field(default_factory=list)
+
+
+def main() -> None:
+    cfg = parse_or_exit(FitEpisodesConfig)
+    out = Path(cfg.output_dir).resolve()
+    preset = Path(cfg.preset) if Path(cfg.preset).is_file() else REPO / "configs" / cfg.preset
+    every = max(1, cfg.steps // cfg.checkpoints)
+    command = [
+        sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--config_path={preset}",
+        f"--dataset.repo_id={cfg.dataset_repo_id}", f"--dataset.root={cfg.dataset_root}",
+        f"--dataset.episodes=[{','.join(map(str, cfg.episodes))}]", f"--output_dir={out / 'train'}",
+        f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={every}", "--log_freq=50",
+        f"--seed={cfg.seed}", f"--policy.device={cfg.device}", "--wandb.enable=false", *cfg.extra,
+    ]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.time()
+    with open(out / "train.log", "w") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if returncode:
+        sys.exit(f"error: lerobot-train exited with {returncode}; log: {out / 'train.log'}")
+    training_seconds = time.time() - started
+
+    import torch
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_pre_post_processors
+
+    import lerobot_policy_defi  # noqa: F401  (registers the policy type)
+    from lerobot_defi.policy.fit_report import fit_report
+    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+
+    results = {
+        "config": vars(cfg),
+        "command": command,
+        "training_seconds": training_seconds,
+        "checkpoints": [],
+    }
+    for checkpoint in sorted((out / "train" / "checkpoints").glob("[0-9]*")):
+        path = checkpoint / "pretrained_model"
+        policy = DeFIPolicy.from_pretrained(path)
+        pre, post = make_pre_post_processors(policy.config, pretrained_path=path)
+        meta = LeRobotDatasetMetadata(cfg.dataset_repo_id, root=cfg.dataset_root)
+        dataset = LeRobotDataset(
+            cfg.dataset_repo_id,
+            root=cfg.dataset_root,
+            episodes=cfg.episodes,
+            delta_timestamps=resolve_delta_timestamps(policy.config, meta),
+        )
+        # The frames training samples start from: all but the last drop_n_last_frames of each episode.
+        lengths = dict(zip(meta.episodes["episode_index"], meta.episodes["length"], strict=True))
+        items = [dataset[i] for i in range(len(dataset))]
+        drop = policy.config.drop_n_last_frames
+        starts = [it for it in items if int(it["frame_index"]) < lengths[int(it["episode_index"])] - drop]
+        with torch.no_grad():
+            report = fit_report(policy, pre, post, starts, seed=0)
+        print(f"step {int(checkpoint.name)}: {report.summary()}", flush=True)
+        results["checkpoints"].append({"step": int(checkpoint.name), **report.as_dict()})
+    (out / "fit.json").write_text(json.dumps(results, indent=1))
+    print(f"fit report: {out / 'fit.json'}")
+
+
+if __name__ == "__main__":
+    main()
