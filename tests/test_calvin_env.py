@@ -295,6 +295,26 @@ def test_packaged_instructions_equal_the_validation_annotations():
     assert load_instructions(validation) == INSTRUCTIONS
 
 
+def test_dataset_instructions_are_the_sentences_the_recorded_episodes_carry(tmp_path):
+    """``--env.instructions=dataset``: each task asked for with a sentence of its own demonstrations (the recorded
+    episode's, not the task's first training sentence, which it does not carry)."""
+    from defi_test_utils import TESTS_DIR
+
+    from lerobot_defi.envs.calvin_instructions import dataset_instructions, instructions_for
+    from lerobot_defi.envs.configuration_calvin import CalvinEnvConfig
+
+    root = TESTS_DIR / "data" / "calvin_expert_open_drawer"
+    recorded = json.loads((root / "meta" / "calvin_recorded_episodes.jsonl").read_text().splitlines()[0])
+    assert dataset_instructions(root) == {"open_drawer": recorded["instruction"]}
+    assert recorded["instruction"] != instructions_for("training")["open_drawer"]
+    config = CalvinEnvConfig(tasks=["open_drawer"], instructions="dataset", instructions_dataset=str(root))
+    assert config.gym_kwargs["instructions"] == {"open_drawer": recorded["instruction"]}
+    with pytest.raises(ValueError, match="instructions_dataset"):
+        CalvinEnvConfig(instructions="dataset")
+    with pytest.raises(FileNotFoundError, match="not a LeRobotDataset"):
+        dataset_instructions(tmp_path)
+
+
 def test_bad_data_paths_name_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"lang_annotations/embeddings\.npy"):
         load_instructions(tmp_path)

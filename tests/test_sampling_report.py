@@ -76,6 +76,11 @@ def test_a_vanishing_task_stops_with_its_lengths_and_the_fix():
     fixed = sampling_report(LENGTHS, TASKS, drop_n_last_frames=19)
     fixed.check()  # the suggested value keeps a frame of the task's longest episode
     assert fixed.vanished_tasks == [] and fixed.total.lost_episode_lengths == [18]
+    everything = sampling_report(LENGTHS, TASKS, drop_n_last_frames=0).format()
+    assert everything == (
+        "drop_n_last_frames=0: training samples start from 133 of 133 frames (100%) of 5 episodes; "
+        "every episode gives some"
+    )
 
 
 def test_a_vanishing_dataset_without_tasks_stops_too():
@@ -94,7 +99,7 @@ def test_the_report_is_logged_and_only_the_selected_episodes_count(caplog):
     with caplog.at_level(logging.INFO, logger="lerobot_defi.policy.sampling_report"):
         check_sampleable_frames(meta, 20, episodes=[0, 1, 4])  # the LED demonstrations are not trained on
     assert caplog.records[-1].levelno == logging.INFO
-    assert "training samples start from 35 of 95 frames (37%) of 3 episodes; 0 episode(s)" in caplog.text
+    assert "training samples start from 35 of 95 frames (37%) of 3 episodes; every episode gives some" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lerobot_defi.policy.sampling_report"):
         check_sampleable_frames(meta, 19, episodes=[0, 2, 3])  # one LED demonstration keeps a frame

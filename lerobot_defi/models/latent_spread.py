@@ -4,7 +4,7 @@ The GFDM reads the VAE latents of the current frame *unscaled* next to unit-vari
 (docs/method.md §4.3b). SVD's VAE gives latents of std ≈ 1 / scaling_factor ≈ 5.5, so the image dominates the
 UNet's input. A freshly initialised VAE (diffusers' default init) gives std ≈ 0.2-0.3: the image is then ~20x weaker
 than the noise, the frozen features follow the noise draw more than the scene, and a policy trained on them learns
-to ignore them (docs/training.md#s5). A random GFDM built from an architecture (the tiny preset, the benchmark's
+to ignore them (docs/training.md#s4). A random GFDM built from an architecture (the tiny preset, the benchmark's
 stand-ins) is therefore calibrated once at construction; pretrained weights are never touched.
 """
 

@@ -31,7 +31,7 @@ class VideoFormerConfig:
     # Standard deviation of the learned queries and frame embedding at initialisation. The original draws both
     # from N(0, 1), which swamps the projected features: at init the output hardly depends on the image (relative
     # change ~0.002) and a policy trained from scratch learns to ignore it; 0.02 lets the features through
-    # (docs/training.md#s5). Irrelevant when weights are loaded.
+    # (docs/training.md#s4). Irrelevant when weights are loaded.
     init_std: float = 0.02
 
 

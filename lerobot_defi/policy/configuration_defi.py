@@ -1,4 +1,7 @@
-"""``DeFIConfig``: the ``defi`` policy type. Defaults are the official CALVIN recipe (docs/method.md §9, §A).
+"""``DeFIConfig``: the ``defi`` policy type. Defaults compute the official function with the official CALVIN
+numbers (docs/method.md §9, §A); the settings that only matter when training from scratch (initialisations, noise
+draws per chunk, warm-up, codebook restarts) default to what learns (docs/training.md §4), and
+``configs/defi_calvin.yaml`` sets the original's values for them.
 
 Cameras and the action dimension come from the dataset's features (``input_features`` /
 ``output_features`` filled by ``lerobot-train``); any dataset with at least one camera and a task string

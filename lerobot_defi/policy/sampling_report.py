@@ -74,10 +74,14 @@ class SamplingReport:
         """Readable lines: the totals, then one line per task (every task when any loses an episode)."""
         total, n = self.total, self.drop_n_last_frames
         share = total.sampleable_frames / total.frames if total.frames else 0.0
+        lost = (
+            f"{total.lost_episodes} episode(s) of at most {n} frames give none"
+            if total.lost_episodes
+            else "every episode gives some"
+        )
         lines = [
             f"drop_n_last_frames={n}: training samples start from {total.sampleable_frames} of {total.frames} "
-            f"frames ({share:.0%}) of {total.episodes} episodes; {total.lost_episodes} episode(s) of at most {n} "
-            "frames give none"
+            f"frames ({share:.0%}) of {total.episodes} episodes; {lost}"
         ]
         if self.tasks and total.lost_episodes:
             width = max(len(task.name) for task in self.tasks)
