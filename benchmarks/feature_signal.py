@@ -53,24 +53,11 @@ def relative_change(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> None:
     cfg = parse_or_exit(FeatureSignalConfig)
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-    from lerobot.policies.factory import make_pre_post_processors
-    from lerobot_defi.conversions.video_backend import video_backend
-
     import lerobot_policy_defi  # noqa: F401  (registers the policy type)
-    from lerobot_defi.policy.fit_report import fit_report
-    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+    from lerobot_defi.policy.fit_report import fit_report, load_checkpoint_and_dataset
 
-    policy = DeFIPolicy.from_pretrained(cfg.policy_path).eval()
-    preprocess, postprocess = make_pre_post_processors(policy.config, pretrained_path=cfg.policy_path)
-    meta = LeRobotDatasetMetadata(cfg.dataset_repo_id, root=cfg.dataset_root)
-    dataset = LeRobotDataset(
-        cfg.dataset_repo_id,
-        root=cfg.dataset_root,
-        episodes=cfg.episodes,
-        delta_timestamps=resolve_delta_timestamps(policy.config, meta),
-        video_backend=video_backend()[0],
+    policy, preprocess, postprocess, dataset = load_checkpoint_and_dataset(
+        cfg.policy_path, cfg.dataset_repo_id, cfg.dataset_root, cfg.episodes
     )
     rng = np.random.default_rng(cfg.seed)
 

@@ -59,14 +59,8 @@ def main() -> None:
         sys.exit(f"error: lerobot-train exited with {returncode}; log: {out / 'train.log'}")
     training_seconds = time.time() - started
 
-    import torch
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-    from lerobot.policies.factory import make_pre_post_processors
-
     import lerobot_policy_defi  # noqa: F401  (registers the policy type)
-    from lerobot_defi.policy.fit_report import fit_report
-    from lerobot_defi.policy.modeling_defi import DeFIPolicy
+    from lerobot_defi.policy.fit_report import checkpoint_fit_report
 
     results = {
         "config": vars(cfg),
@@ -75,23 +69,9 @@ def main() -> None:
         "checkpoints": [],
     }
     for checkpoint in sorted((out / "train" / "checkpoints").glob("[0-9]*")):
-        path = checkpoint / "pretrained_model"
-        policy = DeFIPolicy.from_pretrained(path)
-        pre, post = make_pre_post_processors(policy.config, pretrained_path=path)
-        meta = LeRobotDatasetMetadata(cfg.dataset_repo_id, root=cfg.dataset_root)
-        dataset = LeRobotDataset(
-            cfg.dataset_repo_id,
-            root=cfg.dataset_root,
-            episodes=cfg.episodes,
-            delta_timestamps=resolve_delta_timestamps(policy.config, meta),
+        report = checkpoint_fit_report(
+            checkpoint / "pretrained_model", cfg.dataset_repo_id, cfg.dataset_root, cfg.episodes, seed=0
         )
-        # The frames training samples start from: all but the last drop_n_last_frames of each episode.
-        lengths = dict(zip(meta.episodes["episode_index"], meta.episodes["length"], strict=True))
-        items = [dataset[i] for i in range(len(dataset))]
-        drop = policy.config.drop_n_last_frames
-        starts = [it for it in items if int(it["frame_index"]) < lengths[int(it["episode_index"])] - drop]
-        with torch.no_grad():
-            report = fit_report(policy, pre, post, starts, seed=0)
         print(f"step {int(checkpoint.name)}: {report.summary()}", flush=True)
         results["checkpoints"].append({"step": int(checkpoint.name), **report.as_dict()})
     (out / "fit.json").write_text(json.dumps(results, indent=1))

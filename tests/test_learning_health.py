@@ -28,12 +28,8 @@ STEPS = 500
 
 
 def test_tiny_preset_fits_one_recorded_episode(tmp_path):
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-    from lerobot.policies.factory import make_pre_post_processors
-
-    from lerobot_defi.policy.fit_report import fit_report
-    from lerobot_defi.policy.modeling_defi import CODEBOOK_REPORT_FILE, DeFIPolicy
+    from lerobot_defi.policy.fit_report import checkpoint_fit_report
+    from lerobot_defi.policy.modeling_defi import CODEBOOK_REPORT_FILE
 
     root = tmp_path / "dataset"
     shutil.copytree(EPISODE, root)
@@ -65,14 +61,7 @@ def test_tiny_preset_fits_one_recorded_episode(tmp_path):
         assert key in last_line
 
     checkpoint = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
-    policy = DeFIPolicy.from_pretrained(checkpoint)
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=checkpoint)
-    meta = LeRobotDatasetMetadata(REPO_ID, root=root)
-    dataset = LeRobotDataset(
-        REPO_ID, root=root, delta_timestamps=resolve_delta_timestamps(policy.config, meta)
-    )
-    starts = len(dataset) - policy.config.drop_n_last_frames  # the frames training samples start from
-    report = fit_report(policy, pre, post, [dataset[i] for i in range(starts)], seed=0)
+    report = checkpoint_fit_report(checkpoint, REPO_ID, root, seed=0)  # on the frames samples start from
     print(report.summary())
     # It fits: the open-loop error is well under the error of always predicting the mean action.
     assert report.ratio <= 0.30, report.summary()

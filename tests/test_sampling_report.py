@@ -99,7 +99,10 @@ def test_the_report_is_logged_and_only_the_selected_episodes_count(caplog):
     with caplog.at_level(logging.INFO, logger="lerobot_defi.policy.sampling_report"):
         check_sampleable_frames(meta, 20, episodes=[0, 1, 4])  # the LED demonstrations are not trained on
     assert caplog.records[-1].levelno == logging.INFO
-    assert "training samples start from 35 of 95 frames (37%) of 3 episodes; every episode gives some" in caplog.text
+    assert (
+        "training samples start from 35 of 95 frames (37%) of 3 episodes; every episode gives some"
+        in caplog.text
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lerobot_defi.policy.sampling_report"):
         check_sampleable_frames(meta, 19, episodes=[0, 2, 3])  # one LED demonstration keeps a frame

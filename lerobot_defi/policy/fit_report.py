@@ -15,6 +15,7 @@ Sampling is seeded (GFDM noise and chunk noise), so the report of one checkpoint
 """
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -118,3 +119,46 @@ def fit_report(
         codes_per_slot=[len(set(codes[:, k].tolist())) for k in range(codes.shape[1])],
         code_perplexity=float(perplexity(counts)),
     )
+
+
+def load_checkpoint_and_dataset(checkpoint: str | Path, repo_id: str, root: str | Path, episodes=None):
+    """A saved policy (``.../pretrained_model``) in eval mode, its processors and the LeRobotDataset at ``root``
+    (``episodes``, default all) with the policy's delta timestamps: ``(policy, preprocess, postprocess, dataset)``."""
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from lerobot_defi.conversions.video_backend import video_backend
+
+    policy = DeFIPolicy.from_pretrained(checkpoint).eval()
+    preprocess, postprocess = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint))
+    meta = LeRobotDatasetMetadata(repo_id, root=root)
+    dataset = LeRobotDataset(
+        repo_id,
+        root=root,
+        episodes=episodes,
+        delta_timestamps=resolve_delta_timestamps(policy.config, meta),
+        video_backend=video_backend()[0],
+    )
+    return policy, preprocess, postprocess, dataset
+
+
+def training_start_items(dataset, drop_n_last_frames: int) -> list[dict]:
+    """The items training samples start from: every frame but the last ``drop_n_last_frames`` of each episode."""
+    lengths = dict(zip(dataset.meta.episodes["episode_index"], dataset.meta.episodes["length"], strict=True))
+    items = [dataset[i] for i in range(len(dataset))]
+    return [
+        it for it in items if int(it["frame_index"]) < lengths[int(it["episode_index"])] - drop_n_last_frames
+    ]
+
+
+def checkpoint_fit_report(
+    checkpoint: str | Path, repo_id: str, root: str | Path, episodes=None, seed: int = 0
+):
+    """The fit report of a saved policy on the frames its training samples started from (its own
+    ``drop_n_last_frames``) in ``episodes`` of the dataset at ``root``."""
+    policy, preprocess, postprocess, dataset = load_checkpoint_and_dataset(
+        checkpoint, repo_id, root, episodes
+    )
+    items = training_start_items(dataset, policy.config.drop_n_last_frames)
+    return fit_report(policy, preprocess, postprocess, items, seed=seed)
