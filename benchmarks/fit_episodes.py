@@ -5,7 +5,8 @@ action, context spread, GIDM codes) of every saved checkpoint on the frames trai
 
     python benchmarks/fit_episodes.py --dataset_root=tests/data/calvin_expert_open_drawer --steps=500
     python benchmarks/fit_episodes.py --preset=defi_calvin_small.yaml --dataset_root=outputs/closed_loop/dataset \\
-        --episodes='[0]' --device=cuda --steps=1000 --extra='[--policy.gfdm_path=..., --policy.optimizer_lr=3e-4]'
+        --episodes='[0]' --device=cuda --steps=1000 --stand_in_components=calvin_small_components.yaml \\
+        --extra='[--policy.optimizer_lr=1e-3]'
 """
 
 import json
@@ -34,7 +35,11 @@ class FitEpisodesConfig:
     checkpoints: int = 2
     device: str = "cpu"
     seed: int = 1000
-    # More lerobot-train options, e.g. stand-in component paths or another learning rate.
+    # Components of configs/ (e.g. calvin_small_components.yaml) whose seeded random stand-ins for SVD, CLIP text and
+    # T5 are written to <output_dir>/components and passed by path, as benchmarks/closed_loop_calvin.py does for
+    # presets that need them (the small one); none: the preset builds its own (the tiny one).
+    stand_in_components: str | None = None
+    # More lerobot-train options, e.g. another learning rate.
     extra: list[str] = field(default_factory=list)
 
 
@@ -43,12 +48,23 @@ def main() -> None:
     out = Path(cfg.output_dir).resolve()
     preset = Path(cfg.preset) if Path(cfg.preset).is_file() else REPO / "configs" / cfg.preset
     every = max(1, cfg.steps // cfg.checkpoints)
+    components = []
+    if cfg.stand_in_components:
+        from closed_loop_components import component_configs, write_stand_in_components
+
+        folder = out / "components"
+        write_stand_in_components(component_configs(cfg.stand_in_components), folder, cfg.seed)
+        components = [
+            f"--policy.gfdm_path={folder / 'svd_init'}",
+            f"--policy.clip_text_path={folder / 'clip_text'}",
+            f"--policy.t5_path={folder / 't5'}",
+        ]
     command = [
         sys.executable, "-m", "lerobot.scripts.lerobot_train", f"--config_path={preset}",
         f"--dataset.repo_id={cfg.dataset_repo_id}", f"--dataset.root={cfg.dataset_root}",
         f"--dataset.episodes=[{','.join(map(str, cfg.episodes))}]", f"--output_dir={out / 'train'}",
         f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={every}", "--log_freq=50",
-        f"--seed={cfg.seed}", f"--policy.device={cfg.device}", "--wandb.enable=false", *cfg.extra,
+        f"--seed={cfg.seed}", f"--policy.device={cfg.device}", "--wandb.enable=false", *components, *cfg.extra,
     ]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -3,8 +3,8 @@
 # Installs every carried *.whl (no dependency resolution: the machine's own torch, numpy, scipy, opencv, ... are
 # used) into /tmp/site, clones a carried calvin_env.bundle (shared/vendor) into /tmp/calvin_env, and puts both on
 # PYTHONPATH. Installs persist while the machine stays warm, so the wheels can travel in several calls (a call
-# carries at most 64 MiB): each call sources this with the folders it carries. Build this project's own wheel
-# beside the others first: pip wheel --no-deps . -w <folder>.
+# carries at most 64 MiB): each call sources this with the folders it carries. benchmarks/gpu_wheels.sh stages the
+# folders (this project's own wheel included).
 for _dir in "$@"; do
   if ls "$_dir"/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
