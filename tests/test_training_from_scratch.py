@@ -9,6 +9,7 @@ import torch
 from defi_test_utils import tiny_batch, tiny_config
 
 from lerobot_defi.models.action_head import ActionHead, ActionHeadConfig
+from lerobot_defi.models.codebook_stats import code_counts
 from lerobot_defi.models.edm import sample_log_logistic_sigmas
 from lerobot_defi.models.gfdm import GFDMFeatureExtractor
 from lerobot_defi.models.gidm import VectorQuantizer
@@ -166,14 +167,14 @@ def test_codebook_restarts_every_n_steps_and_summary():
     restarts = CodebookRestarts(8, every_steps=3)
     latents = torch.randn(4, 2, 2) * 5
     for step in range(1, 7):
-        restarts.observe(torch.tensor([[0, 1], [0, 1], [1, 0], [0, 0]]), latents)
+        restarts.observe(code_counts(torch.tensor([[0, 1], [0, 1], [1, 0], [0, 0]]), 8), latents)
         restarted = restarts.step(quantizer)
         assert restarted == (6 if step % 3 == 0 else 0)
     summary = restarts.summary()
     assert summary["steps"] == 6 and summary["codes_restarted"] == 12
     assert summary["code_counts"][:2] == [30, 18] and summary["codebook_usage"] == 0.25
     never = CodebookRestarts(8, every_steps=0)
-    never.observe(torch.zeros(1, 2, dtype=torch.long), latents)
+    never.observe(code_counts(torch.zeros(1, 2, dtype=torch.long), 8), latents)
     assert never.step(quantizer) == 0
 
 
@@ -206,7 +207,7 @@ def test_codebook_restarts_with_torch_distributed(tmp_path):
     try:
         quantizer = VectorQuantizer(4, 2)
         restarts = CodebookRestarts(4, every_steps=1)
-        restarts.observe(torch.tensor([[0, 0]]), torch.ones(1, 2, 2))
+        restarts.observe(code_counts(torch.tensor([[0, 0]]), 4), torch.ones(1, 2, 2))
         assert restarts.step(quantizer) == 3
         torch.testing.assert_close(quantizer.codebook.weight[1:], torch.ones(3, 2))
     finally:

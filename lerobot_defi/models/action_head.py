@@ -238,8 +238,8 @@ class ActionHead(nn.Module):
         """EDM loss on a clean chunk ``actions (B, T, A)``: ``mean((F(c_in x, s) - (a - c_skip x)/c_out)^2)``
         with ``s`` from the truncated log-logistic density; padded steps (``action_is_pad (B, T)``) are
         excluded from the mean. Each chunk is noised ``noise_draws`` times (default: the head's
-        ``loss_noise_draws``; one noise level and noise per draw, the original draws once; the context is shared). ``reduction="mean"``: one scalar over every valid step of
-        the batch and its draws; ``"none"``: ``(B,)``, each sample's mean over its own valid steps and draws (0
+        ``loss_noise_draws``; one noise level and noise per draw, the original draws once; the context is
+        shared). ``reduction="mean"``: one scalar over every valid step of the batch and its draws; ``"none"``: ``(B,)``, each sample's mean over its own valid steps and draws (0
         for a sample with none)."""
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -266,14 +266,13 @@ class ActionHead(nn.Module):
         output = self.denoiser_output(c_in * noisy, c_noise.reshape(-1), context)
         target = edm_training_target(actions, noisy, sigma, cfg.sigma_data)
         error = (output.float() - target.float()) ** 2
+        per_sample = (-1, draws * error[0].numel())  # a sample's draws side by side
         if action_is_pad is None:
-            valid = torch.ones_like(error)
-        else:
-            valid = (~action_is_pad).to(error.dtype)[..., None].expand_as(error)
+            return error.mean() if reduction == "mean" else error.reshape(per_sample).mean(1)
+        valid = (~action_is_pad).to(error.dtype)[..., None].expand_as(error)
         if reduction == "mean":
             return (error * valid).sum() / valid.sum().clamp_min(1.0)
-        per_sample = (error * valid).reshape(-1, draws * error[0].numel()).sum(1)
-        return per_sample / valid.reshape(-1, draws * error[0].numel()).sum(1).clamp_min(1.0)
+        return (error * valid).reshape(per_sample).sum(1) / valid.reshape(per_sample).sum(1).clamp_min(1.0)
 
     def inference_sigmas(self, device=None) -> Tensor:
         """``[sigma_max, ..., sigma_min_infer, 0]`` (official: 80, 49.16, ..., 1.63, 1.0, 0)."""

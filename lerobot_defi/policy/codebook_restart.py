@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lerobot_defi.models.codebook_stats import code_counts, codebook_stats
+from lerobot_defi.models.codebook_stats import codebook_stats
 from lerobot_defi.models.gidm import VectorQuantizer
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,9 @@ class CodebookRestarts:
         self.restarted = 0
         self.generator = torch.Generator().manual_seed(seed)
 
-    def observe(self, indices: Tensor, latents: Tensor) -> None:
-        """One training batch: code ``indices (B, K)`` and the encoder outputs ``latents (B, K, latent_dim)``
-        before quantisation."""
-        counts = code_counts(indices, self.codebook_size)
+    def observe(self, counts: Tensor, latents: Tensor) -> None:
+        """One training batch: how often it chose each code, ``counts (codebook_size,)`` (``code_counts`` of its
+        indices), and the encoder outputs ``latents (B, K, latent_dim)`` before quantisation."""
         if self.window.device != counts.device:
             self.window, self.total = self.window.to(counts.device), self.total.to(counts.device)
         self.window += counts

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from lerobot_defi.models.codebook_stats import code_counts, perplexity
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
@@ -49,15 +50,6 @@ class FitReport:
         )
 
 
-def collate(items: list[dict]) -> dict:
-    """Dataset items (tensors and strings) -> one batch (stacked tensors, lists of strings)."""
-    batch = {}
-    for key in items[0]:
-        values = [item[key] for item in items]
-        batch[key] = torch.stack(values) if torch.is_tensor(values[0]) else values
-    return batch
-
-
 def relative_spread(x: Tensor) -> float:
     """``||x - mean_0(x)|| / ||x||``: how much the rows of ``x`` differ, relative to their size."""
     return ((x - x.mean(0, keepdim=True)).norm() / x.norm().clamp_min(1e-12)).item()
@@ -76,7 +68,7 @@ def fit_report(
     chunks, contexts, other_noise, indices = [], [], [], []
     try:
         for start in range(0, len(items), batch_size):
-            batch = preprocess(collate(items[start : start + batch_size]))
+            batch = preprocess(default_collate(items[start : start + batch_size]))
             size = len(batch["task"])
             shape = (size, policy.config.chunk_size, policy.config.action_dim)
             noise = torch.randn(shape, generator=generator).to(policy.config.device)

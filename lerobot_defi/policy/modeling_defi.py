@@ -376,20 +376,18 @@ class DeFIPolicy(PreTrainedPolicy):
         t5_dropout = self.training and self.config.t5_dropout_in_training
         encoded = self._encode(*self._tensor_inputs(batch, t5_dropout=t5_dropout), vq_reduction=reduction)
         action_loss = self.action_head.loss(
-            batch[ACTION],
-            encoded["context"],
-            batch.get(f"{ACTION}_is_pad"),
-            reduction=reduction,
+            batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"), reduction=reduction
         )
         commitment_weight = self.config.gidm.commitment_weight
         loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
+        counts = code_counts(encoded["indices"], self.config.gidm.codebook_size)
         if self.training:
-            self.codebook_restarts.observe(encoded["indices"], encoded["latents"])
+            self.codebook_restarts.observe(counts, encoded["latents"])
         return loss, {
             "action_loss": action_loss.mean().item(),
             "vq_code_loss": encoded["code_loss"].mean().item(),
             "vq_commitment_loss": encoded["commitment_loss"].mean().item(),
-            **codebook_stats(code_counts(encoded["indices"], self.config.gidm.codebook_size)),
+            **codebook_stats(counts),
         }
 
     def update(self) -> None:
