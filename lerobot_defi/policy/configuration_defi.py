@@ -93,6 +93,11 @@ class DeFIConfig(PreTrainedConfig):
     added_time_ids: tuple[float, float, float] = (4.0, 127.0, 0.0)
     # None: fresh noise at every call, as officially (docs/method.md §8.8); an int: reproducible features.
     feature_noise_seed: int | None = None
+    # FP8 (e4m3) matrix products in the frozen UNet: its linear layers and 1x1 convolutions, ~60 % of its FLOPs,
+    # through torchao (models/gfdm_fp8.py, docs/performance.md#s5). Needs gfdm_dtype=bfloat16, torchao (the
+    # package's [fp8] extra) and a GPU of compute capability >= 8.9 (Ada, Hopper); changes the features slightly
+    # (measured by benchmarks/bench_policy.py). Checkpoints keep the bf16 weights.
+    gfdm_fp8: bool = False
 
     # --- frozen text encoders -------------------------------------------------------------------------------
     clip_text_path: str | None = "openai/clip-vit-base-patch32"
@@ -173,6 +178,11 @@ class DeFIConfig(PreTrainedConfig):
             raise ValueError(f"gidm_code_restart_steps must be >= 0, got {self.gidm_code_restart_steps}")
         if self.gfdm_dtype not in FROZEN_DTYPES:
             raise ValueError(f"gfdm_dtype must be one of {FROZEN_DTYPES}, got {self.gfdm_dtype!r}")
+        if self.gfdm_fp8 and self.gfdm_dtype != "bfloat16":
+            raise ValueError(
+                f"gfdm_fp8=true needs gfdm_dtype=bfloat16 (FP8 with per-row scales converts bf16 weights), got "
+                f"gfdm_dtype={self.gfdm_dtype!r}"
+            )
         if len(self.gidm_frame_indices) != 2 or not all(
             0 <= i < self.gfdm_num_frames for i in self.gidm_frame_indices
         ):

@@ -34,6 +34,7 @@ from lerobot_defi.models.action_head import ActionHead
 from lerobot_defi.models.codebook_stats import code_counts, codebook_stats
 from lerobot_defi.models.frame_convolution import use_frame_convolutions
 from lerobot_defi.models.gfdm import text_context_from_clip
+from lerobot_defi.models.gfdm_fp8 import Float8Conversion, check_fp8_available, convert_unet_to_fp8
 from lerobot_defi.models.gidm import LatentActionEncoder, LatentActionModel
 from lerobot_defi.models.video_former import VideoFormer
 from lerobot_defi.policy.codebook_restart import CodebookRestarts
@@ -80,6 +81,8 @@ class DeFIPolicy(PreTrainedPolicy):
         fields its pretrained parts resolve (:func:`resolve_pretrained_architectures`)."""
         super().__init__(config)
         config.validate_features()
+        if config.gfdm_fp8:
+            check_fp8_available(config.device)
         if kwargs.get("dataset_meta") is not None:
             check_sampleable_frames(
                 kwargs["dataset_meta"], config.drop_n_last_frames, command_line_episodes()
@@ -113,6 +116,9 @@ class DeFIPolicy(PreTrainedPolicy):
             loss_noise_draws=config.loss_noise_draws,
         )
         self.gidm_load_report: dict | None = None
+        # FP8 layers of the GFDM UNet (gfdm_fp8): made at the first call on the GPU (_use_fp8_gfdm), undone by
+        # .to() and load_state_dict, which then see the bf16 weights.
+        self._gfdm_fp8: Float8Conversion | None = None
         self.codebook_restarts = CodebookRestarts(config.gidm.codebook_size, config.gidm_code_restart_steps)
         self._compiled_sample = None
         if parts.gidm is not None:
@@ -157,13 +163,37 @@ class DeFIPolicy(PreTrainedPolicy):
         if isinstance(graphed, CUDAGraphedFunction):
             graphed.clear()
 
-    def _apply(self, fn, recurse: bool = True):
-        # .to() / .cuda() / .half() may move parameters: captured graphs would read the old addresses.
+    def _revert_fp8_gfdm(self) -> None:
+        conversion = getattr(self, "_gfdm_fp8", None)  # _apply also runs while __init__ builds modules
+        if conversion is not None:
+            conversion.revert()
+            self._gfdm_fp8 = None
+
+    def _use_fp8_gfdm(self, device: torch.device) -> None:
+        """With ``gfdm_fp8``: FP8 matrix products in the GFDM UNet from the first call on ``device`` on
+        (``models/gfdm_fp8.py``); raises, naming the option, where they cannot run."""
+        if not self.config.gfdm_fp8 or self._gfdm_fp8 is not None:
+            return
+        check_fp8_available(device)
         self._drop_cuda_graphs()
+        self._gfdm_fp8 = convert_unet_to_fp8(self.gfdm.unet)
+        logger.info(
+            "gfdm_fp8: FP8 matrix products in %d layers of the GFDM UNet (%d linear, %d 1x1 convolutions)",
+            len(self._gfdm_fp8.plan.targets),
+            len(self._gfdm_fp8.plan.linears),
+            len(self._gfdm_fp8.plan.pointwise_convs),
+        )
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to() / .cuda() / .half() may move parameters: captured graphs would read the old addresses, and FP8
+        # layers are made again for the new device at the next call.
+        self._drop_cuda_graphs()
+        self._revert_fp8_gfdm()
         return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._drop_cuda_graphs()  # assign=True replaces parameter tensors
+        self._revert_fp8_gfdm()  # bf16 weights load into the original layers
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- construction ---------------------------------------------------------------------------------------
@@ -306,6 +336,7 @@ class DeFIPolicy(PreTrainedPolicy):
         the instructions come from the per-string cache (T5 is re-run, with dropout, when ``t5_dropout``)."""
         instructions = self.text(_tasks(batch), t5_dropout=t5_dropout)
         images = torch.cat([batch[key] for key in self.config.gfdm_camera_keys], dim=0)
+        self._use_fp8_gfdm(images.device)
         return (
             images,
             self._feature_noise(images),
