@@ -10,8 +10,14 @@ call ``compile_modules`` and ask for one action (``select_action``, fixed noise)
 
 Each process reports, from the moment the parent started it: imports done, policy loaded and compiled
 (``from_pretrained`` + ``compile_modules``, lazy), first action (compilation happens here), and the second chunk's
-time (steady state). The table also shows whether the cache entry was loaded or saved, inductor's graph cache
-hits / misses, and that the warm action equals the cold one.
+time (steady state). The table also shows whether the cache entry was loaded or saved and inductor's graph cache
+hits / misses.
+
+Then each process predicts one more chunk twice on the same inputs (weights, noise, feature noise): compiled, and
+with the same modules run eagerly (``predict_action_chunk(compiled=False)``). How far those two are apart is the
+rounding noise of the compiled path (bf16 on a GPU: kernels sum in other orders). A warm start's chunk is "the
+same" as the cold start's when no value differs by more than ``--action_atol`` (printed with the differences), so a
+real mismatch (a stale or wrong cache entry) stands out against that noise.
 
     python benchmarks/bench_compiled_start.py                                        # tiny preset, CPU
     python benchmarks/bench_compiled_start.py --device=cuda --size=official --out=start.json   # on a GPU
@@ -47,6 +53,9 @@ class BenchCompiledStartConfig:
     compile_mode: str | None = None
     # Warm starts (fresh processes on the cache the cold start filled) after the cold one.
     warm_runs: int = 1
+    # Largest difference of any action value for a warm start's chunk to count as the cold start's (default:
+    # 1e-4 on the CPU, which computes in float32; 1e-2 on a GPU, about 2.5 bf16 steps at |a| = 1).
+    action_atol: float | None = None
     # Keep the saved policy and the cache here (default: a temporary folder, removed at the end).
     workdir: str | None = None
     # Write the results as JSON here.
@@ -107,6 +116,11 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     second_chunk_ms = (time.perf_counter() - started) * 1e3
+    # One chunk on the same inputs, compiled and eager: its values are compared across starts, their gap in here.
+    torch.manual_seed(2)  # the same feature noise for both calls
+    chunk = policy.predict_action_chunk(batch, noise=noise)
+    torch.manual_seed(2)
+    eager_chunk = policy.predict_action_chunk(batch, noise=noise, compiled=False)
 
     from torch._dynamo.utils import counters
 
@@ -117,6 +131,8 @@ def child_start(args: BenchCompiledStartConfig) -> None:
         "stamps": stamps,
         "second_chunk_ms": second_chunk_ms,
         "action": action.float().cpu().tolist(),
+        "chunk": chunk.float().cpu().tolist(),
+        "eager_vs_compiled_max_abs": (chunk - eager_chunk).abs().max().item(),
         "entry_loaded": any(e.loaded for e in entries),
         "entry_saved": any(e.saved for e in entries),
         "fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
@@ -125,6 +141,47 @@ def child_start(args: BenchCompiledStartConfig) -> None:
         "torch": torch.__version__,
     }
     print(REPORT_PREFIX + json.dumps(report), flush=True)
+
+
+def default_action_atol(device: str) -> float:
+    """Tolerance of "same action": float32 on the CPU, bf16 on a GPU (see ``action_atol``)."""
+    return 1e-4 if device == "cpu" else 1e-2
+
+
+def max_abs_difference(a: list, b: list) -> float:
+    """Largest absolute difference of two equally shaped nested lists of numbers."""
+    import torch
+
+    return (torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)).abs().max().item()
+
+
+def compare_starts(runs: list[tuple[str, dict]], atol: float) -> dict:
+    """Every start's chunk against the first (cold) start's, with tolerance ``atol``; each start's own gap between
+    its compiled and eager chunk on the same inputs; and a one-line verdict."""
+    cold = runs[0][1]["chunk"]
+    per_run = {}
+    for name, report in runs:
+        difference = max_abs_difference(report["chunk"], cold)
+        per_run[name] = {
+            "max_abs_diff_to_cold": difference,
+            "same": difference <= atol,
+            "eager_vs_compiled_max_abs": report["eager_vs_compiled_max_abs"],
+        }
+    worst = max(r["max_abs_diff_to_cold"] for r in per_run.values())
+    gap = max(r["eager_vs_compiled_max_abs"] for r in per_run.values())
+    mismatched = [name for name, r in per_run.items() if not r["same"]]
+    if mismatched:
+        verdict = (
+            f"MISMATCH: {', '.join(mismatched)} {'differs' if len(mismatched) == 1 else 'differ'} from the cold "
+            f"start by up to {worst:.3g} > tolerance "
+            f"{atol:g} (compiled vs eager on the same inputs: up to {gap:.3g})"
+        )
+    else:
+        verdict = (
+            f"same action: every start is within {atol:g} of the cold start (max |difference| {worst:.3g}); "
+            f"compiled vs eager on the same inputs: up to {gap:.3g}"
+        )
+    return {"action_atol": atol, "runs": per_run, "verdict": verdict}
 
 
 def child_command(args: BenchCompiledStartConfig, role: str) -> list[str]:
@@ -180,10 +237,12 @@ def main() -> None:
     for index in range(args.warm_runs):
         runs.append((f"warm {index + 1}", run_child(args, "start", env)))
 
-    cold_action = runs[0][1]["action"]
+    atol = args.action_atol if args.action_atol is not None else default_action_atol(args.device)
+    comparison = compare_starts(runs, atol)
     header = (
         f"{'start':<8} {'imports s':>9} {'loaded s':>9} {'1st action s':>12} {'compile s':>10} "
-        f"{'2nd chunk ms':>12} {'entry':>7} {'fx hit/miss':>11} {'same action':>11}"
+        f"{'2nd chunk ms':>12} {'entry':>7} {'fx hit/miss':>11} {'|Δ| to cold':>11} {'same':>4} "
+        f"{'|compiled-eager|':>16}"
     )
     print(
         f"\n{args.size} policy, {args.device} ({runs[0][1]['device_name']}), compile_mode={args.compile_mode}, "
@@ -193,14 +252,18 @@ def main() -> None:
     for name, report in runs:
         s = report["seconds"]
         entry = "loaded" if report["entry_loaded"] else "saved" if report["entry_saved"] else "none"
+        same = comparison["runs"][name]
         print(
             f"{name:<8} {s['imported']:>9.1f} {s['loaded']:>9.1f} {s['first_action']:>12.1f} "
             f"{s['first_action'] - s['loaded']:>10.1f} {report['second_chunk_ms']:>12.1f} {entry:>7} "
-            f"{report['fxgraph_hits']:>5}/{report['fxgraph_misses']:<5} {'yes' if report['action'] == cold_action else 'NO':>11}"
+            f"{report['fxgraph_hits']:>5}/{report['fxgraph_misses']:<5} {same['max_abs_diff_to_cold']:>11.3g} "
+            f"{'yes' if same['same'] else 'NO':>4} {same['eager_vs_compiled_max_abs']:>16.3g}"
         )
+    print(comparison["verdict"] + f" (tolerance: --action_atol={atol:g})")
     print(f"cache folder: {args.cache_dir}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": asdict(args), "runs": dict(runs)}, indent=2))
+        results = {"args": asdict(args), "runs": dict(runs), "comparison": comparison}
+        Path(args.out).write_text(json.dumps(results, indent=2))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -85,6 +85,27 @@ def test_compiled_policy_matches_eager_on_cpu():
     torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-4)
 
 
+def test_uncompiled_chunk_of_a_compiled_policy_runs_eagerly():
+    """``predict_action_chunk(compiled=False)``: what benchmarks compare the compiled chunk with."""
+    from torch._dynamo.utils import counters
+
+    from lerobot_defi.models.frame_convolution import use_frame_convolutions
+
+    eager = make_policy(feature_noise_seed=3)
+    compiled = make_policy(feature_noise_seed=3, compile_mode="default", compile_cache_dir="off")
+    compiled.load_state_dict(eager.state_dict())
+    use_frame_convolutions(eager.gfdm)  # what compile_modules does besides compiling
+    eager.text.pad_to_multiple_of = 16
+    batch = tiny_batch(eager.config, batch_size=2)
+    noise = torch.randn(2, 10, 7)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        got = compiled.predict_action_chunk(batch, noise=noise, compiled=False)
+        expected = eager.predict_action_chunk(batch, noise=noise)
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing was compiled
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_bf16_mixed_precision_inference_stays_close_to_fp32():
     *_, expected, got = chunks_of_twin_policies(dtype="bfloat16")
     assert got.dtype == torch.float32 and not torch.equal(got, expected)  # autocast did run

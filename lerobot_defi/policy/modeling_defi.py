@@ -427,17 +427,26 @@ class DeFIPolicy(PreTrainedPolicy):
         self.codebook_restarts.step(self.gidm.quantizer)
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
-        """Sample a chunk ``(B, chunk_size, action_dim)``; ``noise`` optional standard normal of that shape."""
+    def predict_action_chunk(
+        self, batch: dict[str, Tensor], noise: Tensor | None = None, compiled: bool = True, **kwargs
+    ) -> Tensor:
+        """Sample a chunk ``(B, chunk_size, action_dim)``; ``noise`` optional standard normal of that shape.
+        ``compiled=False`` runs the policy's modules eagerly even after :meth:`compile_modules` (to check the
+        compiled chunk against them)."""
         inputs = self._tensor_inputs(batch)
         if noise is None:
             shape = (inputs[3].shape[0], self.config.chunk_size, self.config.action_dim)
             noise = torch.randn(shape, device=inputs[0].device)
         inputs = (*inputs, noise)
-        sample = (
-            self._sample_chunk if self._compiled_sample is None or self.training else self._compiled_sample
-        )
         with self._mixed_precision(inputs[0].device.type):
+            if not compiled:
+                with torch.compiler.set_stance("force_eager"):
+                    return self._sample_chunk(*inputs).float()
+            sample = (
+                self._sample_chunk
+                if self._compiled_sample is None or self.training
+                else self._compiled_sample
+            )
             return sample(*inputs).float()
 
     def _mixed_precision(self, device_type: str):

@@ -1,0 +1,44 @@
+"""The compiled-start benchmark's "same action" check: a stated tolerance, the differences it saw, and the
+compiled-vs-eager gap beside them (the start processes themselves are the benchmark's own runs)."""
+
+import sys
+
+from defi_test_utils import REPO_DIR
+
+sys.path.insert(0, str(REPO_DIR / "benchmarks"))
+from bench_compiled_start import compare_starts, default_action_atol, max_abs_difference
+
+
+def start(chunk: list, eager_gap: float) -> dict:
+    return {"chunk": [chunk], "eager_vs_compiled_max_abs": eager_gap}
+
+
+def test_starts_within_tolerance_are_the_same_action_and_the_report_says_how_close():
+    runs = [
+        ("cold", start([[0.5, -0.25]], 0.002)),
+        ("warm 1", start([[0.5035, -0.25]], 0.003)),
+        ("warm 2", start([[0.5, -0.252]], 0.001)),
+    ]
+    comparison = compare_starts(runs, atol=1e-2)
+    assert [r["same"] for r in comparison["runs"].values()] == [True, True, True]
+    assert comparison["runs"]["warm 1"]["max_abs_diff_to_cold"] == max_abs_difference([0.5035], [0.5])
+    assert comparison["runs"]["warm 2"]["eager_vs_compiled_max_abs"] == 0.001
+    assert comparison["verdict"] == (
+        "same action: every start is within 0.01 of the cold start (max |difference| 0.0035); "
+        "compiled vs eager on the same inputs: up to 0.003"
+    )
+
+
+def test_a_start_beyond_tolerance_is_a_mismatch_shown_against_the_eager_gap():
+    runs = [("cold", start([[0.5, -0.25]], 0.002)), ("warm 1", start([[0.9, -0.25]], 0.002))]
+    comparison = compare_starts(runs, atol=1e-2)
+    assert comparison["runs"]["warm 1"]["same"] is False
+    assert comparison["verdict"] == (
+        "MISMATCH: warm 1 differs from the cold start by up to 0.4 > tolerance 0.01 "
+        "(compiled vs eager on the same inputs: up to 0.002)"
+    )
+
+
+def test_default_tolerance_is_float32_on_the_cpu_and_bf16_on_a_gpu():
+    assert default_action_atol("cpu") == 1e-4
+    assert default_action_atol("cuda") == default_action_atol("cuda:0") == 1e-2
