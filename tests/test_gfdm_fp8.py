@@ -264,8 +264,16 @@ def test_fp8_gfdm_features_and_chunk_stay_close_to_bf16_on_gpu():
         features_fp8 = fp8.gfdm(images, context, noise=feature_noise)
     relative_rms = (features_fp8 - features_bf16).norm() / features_bf16.norm()
     # e4m3 keeps 3 mantissa bits; with per-row scales the tiny UNet's features move by a few percent (one scale
-    # per tensor on the CPU: 8 %), and the tiny action head hardly feels it.
-    assert 0 < relative_rms.item() < 0.08
+    # per tensor on the CPU: 7.9 %, bf16 against fp32: 2 %), and the tiny action head hardly feels it.
+    assert 0 < relative_rms.item() < 0.1
     assert (got - expected).abs().max().item() < 2e-2
     # the compiled FP8 chunk (one graph, CUDA graphs) is the eager FP8 chunk up to bf16 rounding
     assert (got_compiled - got).abs().max().item() < 5e-2
+    # training: gradients reach the trainable parts, never the FP8 layers
+    fp8.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = fp8.forward(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in fp8.gfdm.parameters())
+    assert all(p.grad is not None for p in fp8.action_head.parameters() if p.requires_grad)
