@@ -4,7 +4,8 @@
 # transformers and tokenizers test_text, test_policy and test_original_function pass), in two folders that each
 # travel in one call (a call carries at most 64 MiB with the repository):
 #   bash benchmarks/gpu_wheels.sh [.whl1] [.whl2]
-#   .whl1: PyAV, LeRobot and what it needs, this package's wheel (~52 MB): enough for lerobot-train / fit_episodes
+#   .whl1: PyAV, LeRobot and what it needs, torchao (--policy.gfdm_fp8), this package's wheel (~55 MB): enough for
+#          lerobot-train / fit_episodes / bench_policy
 #   .whl2: the CALVIN simulator (../shared/vendor: slim PyBullet, calvin_env's dependencies, calvin_env.bundle)
 # Both folder names must be ignored by git (.git/info/exclude) so that they travel only when carried. On the
 # machine: source benchmarks/gpu_machine_setup.sh .whl1 (one call), then .whl2 (the next call, within 30 s).
@@ -22,7 +23,7 @@ mkdir -p "$first" "$second"
   farama-notifications==0.0.6 fsspec==2026.2.0 google-crc32c==1.9.0 gymnasium==1.4.0 imageio==2.38.2 isal==1.9.1 \
   jsonlines==4.0.0 lazy-importer==0.1.0 mergedeep==1.3.4 multiprocess==0.70.19 mypy-extensions==1.2.0 \
   packaging==25.0 python-dateutil==2.9.0.post0 pytz==2026.6 termcolor==3.3.0 toml==0.10.2 typing-inspect==0.9.0 \
-  tzdata==2026.6 xxhash==4.1.0 cloudpickle==3.1.3
+  tzdata==2026.6 xxhash==4.1.0 cloudpickle==3.1.3 torchao==0.18.0
 rm -f "$first"/lerobot_policy_defi-*.whl
 "$python" -m pip wheel -q --no-deps --no-build-isolation "$repo" -w "$first"
 cp "$vendor"/wheels/*.whl "$vendor"/calvin_env.bundle "$second"/
