@@ -193,7 +193,7 @@ class DeFIPolicy(PreTrainedPolicy):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._drop_cuda_graphs()  # assign=True replaces parameter tensors
-        self._revert_fp8_gfdm()  # bf16 weights load into the original layers
+        self._revert_fp8_gfdm()  # the checkpoint's bf16 weights load into the unconverted layers
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- construction ---------------------------------------------------------------------------------------
