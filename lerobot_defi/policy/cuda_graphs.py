@@ -8,7 +8,8 @@ nothing else.
 
 Rules for ``fn``: tensors in, one tensor out, no host synchronisation, no random numbers drawn inside (pass
 noise in), and the parameters it reads must stay where they are (call :meth:`clear` after moving or replacing
-them: the policy does so in ``_apply`` and ``load_state_dict``).
+them: the policy does so in ``_apply`` and ``load_state_dict``, and when it makes its low-precision weight copies
+anew; updates in place, such as an optimizer step or a refresh of those copies, are seen by the next replay).
 """
 
 from collections.abc import Callable

@@ -41,6 +41,7 @@ from lerobot_defi.policy.codebook_restart import CodebookRestarts
 from lerobot_defi.policy.compile_cache import cached_compiled_function, config_as_saved
 from lerobot_defi.policy.configuration_defi import DeFIConfig
 from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
+from lerobot_defi.policy.low_precision_weights import LowPrecisionWeights
 from lerobot_defi.policy.pretrained_parts import (
     TOKENIZER_DIRS,
     load_pretrained_parts,
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 PRETRAINED_FILES = ["config.json", "model.safetensors", *(f"{d}/*" for d in TOKENIZER_DIRS.values())]
 # Written next to the weights of a policy that was trained: what training did with the GIDM's codebook.
 CODEBOOK_REPORT_FILE = "gidm_codebook.json"
+# The parts the chunk runs under the autocast of ``dtype`` (the GFDM turns autocast off inside, the text encoders
+# run before it): their matrix products read low-precision copies of their weights at inference.
+AUTOCAST_PARTS = ("gidm_feature_proj", "gidm", "video_former", "action_head")
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointMismatchError(ValueError):
@@ -121,6 +126,11 @@ class DeFIPolicy(PreTrainedPolicy):
         self._gfdm_fp8: Float8Conversion | None = None
         self.codebook_restarts = CodebookRestarts(config.gidm.codebook_size, config.gidm_code_restart_steps)
         self._compiled_sample = None
+        # Inference with dtype bfloat16 / float16: the trainable parts' matrix products read copies of their
+        # weights in that dtype, made at the first chunk and refreshed when the weights change
+        # (policy/low_precision_weights.py); training reads the fp32 weights.
+        dtype = AUTOCAST_DTYPES.get(config.dtype)
+        self._low_precision_weights = LowPrecisionWeights(AUTOCAST_PARTS, dtype) if dtype else None
         if parts.gidm is not None:
             self.gidm_load_report = self.load_gidm_encoder(parts.gidm, source=config.gidm_path)
         if config.compile_mode:
@@ -135,7 +145,9 @@ class DeFIPolicy(PreTrainedPolicy):
         replayed from a CUDA graph per input shape (:class:`CUDAGraphedFunction`). Training compiles the frozen
         GFDM pass (the dominant cost) without CUDA graphs. Instruction tokens are padded to buckets of 16 so
         shapes stay static across instructions (padding is masked out). The GFDM's temporal convolutions run as
-        2-D convolutions (``use_frame_convolutions``: same weights and sums).
+        2-D convolutions (``use_frame_convolutions``: same weights and sums). With ``dtype`` bfloat16 / float16 the
+        compiled chunk reads the low-precision copies of the trainable weights as graph inputs
+        (:meth:`_inference_chunk`), so neither the graph nor its replays cast them.
         """
         self.text.pad_to_multiple_of = 16
         # Process-wide speed settings for the UNet's convolutions: cuDNN picks the fastest algorithm per shape,
@@ -149,7 +161,7 @@ class DeFIPolicy(PreTrainedPolicy):
         inference_mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(
             mode, mode
         )
-        compiled = torch.compile(self._sample_chunk, mode=inference_mode, dynamic=False)
+        compiled = torch.compile(self._inference_chunk, mode=inference_mode, dynamic=False)
         # Artefacts kept on disk per policy and input shapes: a restarted process skips most of the compilation.
         description = {"policy_config": config_as_saved(self.config)}
         compiled = cached_compiled_function(compiled, self.config.compile_cache_dir, self, description, mode)
@@ -162,6 +174,20 @@ class DeFIPolicy(PreTrainedPolicy):
         graphed = getattr(self, "_compiled_sample", None)  # _apply also runs while __init__ builds modules
         if isinstance(graphed, CUDAGraphedFunction):
             graphed.clear()
+
+    def _drop_low_precision_weights(self) -> None:
+        """Forget the low-precision weight copies (made again at the next chunk); call it with
+        :meth:`_drop_cuda_graphs`, whose graphs read them."""
+        weights = getattr(self, "_low_precision_weights", None)  # _apply runs in __init__ too
+        if weights is not None:
+            weights.drop()
+
+    def weights_changed(self) -> None:
+        """Tell the policy that its weights were written where PyTorch's version counters do not see it (through
+        ``parameter.data``): the next chunk copies them into its low-precision weights again. Optimizer steps,
+        ``load_state_dict``, ``.to()`` and in-place ops on the parameters are seen without it."""
+        if self._low_precision_weights is not None:
+            self._low_precision_weights.mark_changed()
 
     def _revert_fp8_gfdm(self) -> None:
         conversion = getattr(self, "_gfdm_fp8", None)  # _apply also runs while __init__ builds modules
@@ -185,14 +211,16 @@ class DeFIPolicy(PreTrainedPolicy):
         )
 
     def _apply(self, fn, recurse: bool = True):
-        # .to() / .cuda() / .half() may move parameters: captured graphs would read the old addresses, and FP8
-        # layers are made again for the new device at the next call.
+        # .to() / .cuda() / .half() may move parameters: captured graphs and the low-precision weight copies would
+        # read the old addresses (and dtypes), and FP8 layers are made again for the new device at the next call.
         self._drop_cuda_graphs()
+        self._drop_low_precision_weights()
         self._revert_fp8_gfdm()
         return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self._drop_cuda_graphs()  # assign=True replaces parameter tensors
+        self._drop_low_precision_weights()  # ... which the copies were made from
         self._revert_fp8_gfdm()  # the checkpoint's bf16 weights load into the unconverted layers
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -438,12 +466,17 @@ class DeFIPolicy(PreTrainedPolicy):
             shape = (inputs[3].shape[0], self.config.chunk_size, self.config.action_dim)
             noise = torch.randn(shape, device=inputs[0].device)
         inputs = (*inputs, noise)
+        # A host-side check of the weights, which are copied only when they changed. Copies made anew (first chunk,
+        # a parameter replaced) have new addresses: captured graphs read the old ones.
+        weights = self._low_precision_weights
+        if weights is not None and not self.training and weights.refresh(self):
+            self._drop_cuda_graphs()
         with self._mixed_precision(inputs[0].device.type):
             if not compiled:
                 with torch.compiler.set_stance("force_eager"):
-                    return self._sample_chunk(*inputs).float()
+                    return self._inference_chunk(*inputs).float()
             sample = (
-                self._sample_chunk
+                self._inference_chunk
                 if self._compiled_sample is None or self.training
                 else self._compiled_sample
             )
@@ -452,8 +485,16 @@ class DeFIPolicy(PreTrainedPolicy):
     def _mixed_precision(self, device_type: str):
         """Autocast of the trainable parts at inference in the precision they were trained in (``dtype``
         bfloat16 / float16, as lerobot-train's accelerate autocast); the frozen GFDM keeps its own dtype."""
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.config.dtype)
+        dtype = AUTOCAST_DTYPES.get(self.config.dtype)
         return torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def _inference_chunk(self, *inputs: Tensor) -> Tensor:
+        """:meth:`_sample_chunk` reading the low-precision weight copies (in eval mode with ``dtype`` bfloat16 /
+        float16, after ``refresh``): the numbers autocast gives with the fp32 weights, without casting them."""
+        weights = self._low_precision_weights
+        if weights is None or self.training or not weights.ready:
+            return self._sample_chunk(*inputs)
+        return weights.run(self._sample_chunk, *inputs)
 
     def _sample_chunk(
         self, images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, noise
