@@ -696,7 +696,7 @@ def main() -> None:
             if args.compile_mode:
                 fp8.compile_modules(args.compile_mode)
 
-    if fp8 is not None and "fp8" in sections:
+    if fp8 is not None:  # built in the fp8 section only
         fp8_batch_sizes = args.fp8_batch_sizes or args.batch_sizes
         measure_inference(fp8, "fp8", fp8_batch_sizes, device, repeats, report)
         if args.profile:
@@ -714,7 +714,7 @@ def main() -> None:
             reference = None
             if fp8 is not None:
                 fp8.to("cpu")
-            fast._drop_cuda_graphs()
+            fast.release_inference_memory()
             free_memory(device)
             largest = largest_fitting_batch(fast, args.best_batch_candidates, device)
             report("best_batch", "largest_eager_bf16", largest)

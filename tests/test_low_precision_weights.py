@@ -209,6 +209,16 @@ def test_moving_the_policy_drops_the_copies_and_the_next_chunk_makes_them(batch_
     assert policy._low_precision_weights.ready
 
 
+def test_released_inference_memory_is_made_again_at_the_next_chunk(batch_and_noise):
+    batch, noise = batch_and_noise
+    policy = make_policy()
+    expected = policy.predict_action_chunk(batch, noise=noise)
+    policy.release_inference_memory()
+    assert not policy._low_precision_weights.ready and len(policy._low_precision_weights) == 0
+    torch.testing.assert_close(policy.predict_action_chunk(batch, noise=noise), expected, rtol=0, atol=0)
+    assert policy._low_precision_weights.ready
+
+
 def test_training_mode_and_float32_read_the_fp32_weights(batch_and_noise):
     batch, noise = batch_and_noise
     policy = make_policy(dtype="float32")

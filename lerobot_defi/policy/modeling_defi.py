@@ -182,6 +182,12 @@ class DeFIPolicy(PreTrainedPolicy):
         if weights is not None:
             weights.drop()
 
+    def release_inference_memory(self) -> None:
+        """Free the captured CUDA graphs of the compiled chunk and the low-precision weight copies (both are made
+        again at the next chunk), e.g. before training at a larger batch on the same GPU."""
+        self._drop_cuda_graphs()
+        self._drop_low_precision_weights()
+
     def weights_changed(self) -> None:
         """Tell the policy that its weights were written where PyTorch's version counters do not see it (through
         ``parameter.data``): the next chunk copies them into its low-precision weights again. Optimizer steps,
