@@ -85,9 +85,7 @@ class LowPrecisionWeights:
         self.parts = tuple(parts)
         self.dtype = dtype
         self.names: list[str] = []
-        self._slots: list[tuple[nn.Module, str]] = []  # (module, parameter name) per weight
-        self._parameter_dicts: list[dict] = []  # the modules' ``_parameters`` and the names, for the checks
-        self._attributes: list[str] = []
+        self._slots: list[tuple[dict, str]] = []  # (the module's ``_parameters``, parameter name) per weight
         self._masters: list[Tensor] = []  # the fp32 parameters
         self._copies: list[Tensor] = []  # their copies in ``dtype``, same order
         self._seen: tuple | None = None  # (optimizer steps, version counters) at the last copy
@@ -103,7 +101,6 @@ class LowPrecisionWeights:
     def drop(self) -> None:
         """Forget the copies (and which parameters they copy); the next :meth:`refresh` makes them again."""
         self.names, self._slots, self._masters, self._copies = [], [], [], []
-        self._parameter_dicts, self._attributes = [], []
         self._seen = None
         self.ready = False
 
@@ -116,7 +113,7 @@ class LowPrecisionWeights:
         """Make the copies, or copy the fp32 weights into them when they changed. ``True`` when the copies were
         made anew (first call, after :meth:`drop`, or when a module's parameter was replaced by another tensor):
         a CUDA graph that read the previous copies must be dropped. Updates in place return ``False``."""
-        current = list(map(dict.get, self._parameter_dicts, self._attributes))
+        current = [parameters.get(name) for parameters, name in self._slots]
         made = not self.ready or not all(map(is_, current, self._masters))
         if made:
             self._make(root)
@@ -135,10 +132,8 @@ class LowPrecisionWeights:
         self._slots = []
         for name in self.names:
             module_name, _, attribute = name.rpartition(".")
-            self._slots.append((root.get_submodule(module_name), attribute))
-        self._parameter_dicts = [module._parameters for module, _ in self._slots]
-        self._attributes = [attribute for _, attribute in self._slots]
-        self._masters = [module._parameters[attribute] for module, attribute in self._slots]
+            self._slots.append((root.get_submodule(module_name)._parameters, attribute))
+        self._masters = [parameters[name] for parameters, name in self._slots]
         # Plain tensors even when the first call comes under torch.inference_mode (lerobot-eval's rollout): an
         # inference tensor could not be updated in place by a later refresh outside it.
         with torch.inference_mode(False):
@@ -149,11 +144,11 @@ class LowPrecisionWeights:
     def run(self, fn: Callable[..., Tensor], *args) -> Tensor:
         """``fn(*args)`` with each copied parameter replaced by its copy in its module (what was there is put
         back afterwards, also when ``fn`` raises). Call :meth:`refresh` first."""
-        previous = [module._parameters[attribute] for module, attribute in self._slots]
-        for (module, attribute), copy in zip(self._slots, self._copies):
-            module._parameters[attribute] = copy
+        previous = [parameters[name] for parameters, name in self._slots]
+        for (parameters, name), copy in zip(self._slots, self._copies, strict=True):
+            parameters[name] = copy
         try:
             return fn(*args)
         finally:
-            for (module, attribute), value in zip(self._slots, previous):
-                module._parameters[attribute] = value
+            for (parameters, name), value in zip(self._slots, previous, strict=True):
+                parameters[name] = value

@@ -175,18 +175,13 @@ class DeFIPolicy(PreTrainedPolicy):
         if isinstance(graphed, CUDAGraphedFunction):
             graphed.clear()
 
-    def _drop_low_precision_weights(self) -> None:
-        """Forget the low-precision weight copies (made again at the next chunk); call it with
-        :meth:`_drop_cuda_graphs`, whose graphs read them."""
+    def release_inference_memory(self) -> None:
+        """Free the captured CUDA graphs of the compiled chunk and the low-precision weight copies they read (both
+        are made again at the next chunk), e.g. before training at a larger batch on the same GPU."""
+        self._drop_cuda_graphs()
         weights = getattr(self, "_low_precision_weights", None)  # _apply runs in __init__ too
         if weights is not None:
             weights.drop()
-
-    def release_inference_memory(self) -> None:
-        """Free the captured CUDA graphs of the compiled chunk and the low-precision weight copies (both are made
-        again at the next chunk), e.g. before training at a larger batch on the same GPU."""
-        self._drop_cuda_graphs()
-        self._drop_low_precision_weights()
 
     def weights_changed(self) -> None:
         """Tell the policy that its weights were written where PyTorch's version counters do not see it (through
@@ -219,14 +214,12 @@ class DeFIPolicy(PreTrainedPolicy):
     def _apply(self, fn, recurse: bool = True):
         # .to() / .cuda() / .half() may move parameters: captured graphs and the low-precision weight copies would
         # read the old addresses (and dtypes), and FP8 layers are made again for the new device at the next call.
-        self._drop_cuda_graphs()
-        self._drop_low_precision_weights()
+        self.release_inference_memory()
         self._revert_fp8_gfdm()
         return super()._apply(fn, recurse)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._drop_cuda_graphs()  # assign=True replaces parameter tensors
-        self._drop_low_precision_weights()  # ... which the copies were made from
+        self.release_inference_memory()  # assign=True replaces the parameter tensors the copies were made from
         self._revert_fp8_gfdm()  # the checkpoint's bf16 weights load into the unconverted layers
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
