@@ -146,6 +146,32 @@ def test_lerobot_clips_are_real_frames_with_their_instruction(calvin_dataset):
     assert cameras.count("observation.images.static") / 400 == pytest.approx(0.75, abs=0.06)
 
 
+@needs_calvin
+def test_clip_frames_are_decoded_with_a_backend_found_once(calvin_dataset, monkeypatch):
+    """With no video_backend set, every clip read passes the decoder LeRobot would pick, not None: None makes
+    LeRobot probe for torchcodec again and, without it, log a warning per clip (48,000 lines in 1500 steps)."""
+    import lerobot.datasets.video_utils as video_utils
+    from lerobot_defi.conversions.video_backend import video_backend
+
+    root, _ = calvin_dataset
+    source = LeRobotClipSource(GFDMDatasetConfig(**calvin_entry(root), frame_stride=3), None)
+    assert source.config.video_backend is None
+    decode = video_utils.decode_video_frames
+    backends = []
+
+    def recording_decode(path, timestamps, tolerance_s, backend=None, *args, **kwargs):
+        backends.append(backend)
+        return decode(path, timestamps, tolerance_s, backend, *args, **kwargs)
+
+    monkeypatch.setattr(video_utils, "decode_video_frames", recording_decode)
+    frames = source.read_frames(0, "observation.images.static", np.arange(4))
+    assert frames.shape[0] == 4
+    assert backends == [video_backend()[0]]
+    pinned = LeRobotClipSource(GFDMDatasetConfig(**calvin_entry(root), video_backend="pyav"), None)
+    pinned.read_frames(0, "observation.images.static", np.arange(2))
+    assert backends[-1] == "pyav"
+
+
 def test_vpp_pt_latents_are_read_directly():
     config = GFDMDatasetConfig(
         repo_id="vpp/bridge", root=str(VPP_SLICE / "bridge"), format="vpp", split="val", clip_mode="even"

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lerobot_defi.conversions.vpp_format import camera_key, latent_file
 from lerobot_defi.pretrain.gfdm.clips import GFDMDatasetConfig
-from lerobot_defi.pretrain.shared.sources import episode_tasks, load_lerobot_dataset
+from lerobot_defi.pretrain.shared.sources import episode_tasks, load_lerobot_dataset, resolved_video_backend
 
 
 class LeRobotClipSource:
@@ -27,6 +27,7 @@ class LeRobotClipSource:
     def __init__(self, config: GFDMDatasetConfig, episodes: list[int] | None):
         self.config = config
         self.dataset = load_lerobot_dataset(config, episodes)
+        self.video_backend = resolved_video_backend(config)
         meta = self.dataset.meta
         self.task_names = episode_tasks(self.dataset, config.repo_id)
         self.camera_keys = self._resolve_cameras(meta.camera_keys)
@@ -73,9 +74,7 @@ class LeRobotClipSource:
             path = self.dataset.root / meta.get_video_file_path(episode_index, camera)
             timestamps = [start + int(f) / meta.fps for f in unique]
             try:
-                decoded = decode_video_frames(
-                    path, timestamps, self.dataset.tolerance_s, self.config.video_backend
-                )
+                decoded = decode_video_frames(path, timestamps, self.dataset.tolerance_s, self.video_backend)
             except Exception as err:
                 raise RuntimeError(
                     f"dataset {self.config.repo_id}: could not decode frames {unique.tolist()} of episode "

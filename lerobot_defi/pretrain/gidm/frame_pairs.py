@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lerobot_defi.pretrain.shared.sources import DatasetSourceConfig, open_metadata
+from lerobot_defi.pretrain.shared.sources import DatasetSourceConfig, open_metadata, resolved_video_backend
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class FramePairDataset(Dataset):
             root=source.root,
             episodes=source.episodes if episodes is None else episodes,
             delta_timestamps={self.camera_key: [k / self.fps for k in (0, *self.gaps)]},
-            video_backend=source.video_backend,
+            video_backend=resolved_video_backend(source),
         )
         self.start_indices, self.report = self._index_pairs(where, end_of_episode, missing_task)
 
