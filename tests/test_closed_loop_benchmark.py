@@ -198,6 +198,18 @@ def test_parts_run_on_different_machines_merge_into_one_table(bench, tmp_path):
     assert (tmp_path / "merged" / bench.PLOT_FILE).is_file()
 
 
+def test_committed_gpu_table_is_the_merge_of_its_committed_parts(bench, tmp_path):
+    """benchmarks/results/gpu_closed_loop_2026-12-07/results.json (the README's table) is what --merge writes
+    from the two parts as the benchmark wrote them on the lent machine."""
+    results = SCRIPT.parent / "results"
+    parts = [results / "gpu_closed_loop_part1_2026-12-07", results / "gpu_closed_loop_part2_2026-12-07"]
+    merged = bench.merge(bench.BenchmarkConfig(output_dir=str(tmp_path), merge=[str(p) for p in parts]))
+    committed = json.loads((results / "gpu_closed_loop_2026-12-07" / bench.RESULTS_FILE).read_text())
+    assert merged == committed
+    finals = {policy: entry["final"]["mean_success"] for policy, entry in committed["policies"].items()}
+    assert finals == pytest.approx({"defi": 0.85, "defi_no_pretraining": 0.70, "diffusion": 0.075, "act": 0.0625})
+
+
 def test_merge_refuses_parts_of_different_benchmarks(bench, tmp_path):
     from closed_loop_results import IncompatibleResultsError, merge_results
 

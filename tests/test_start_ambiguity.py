@@ -1,5 +1,5 @@
 """How many of the benchmark's tasks a held-out start allows (benchmarks/start_ambiguity.py), on the committed GPU
-results of part 1 (the numbers docs/closed_loop_calvin.md quotes) and on constructed evaluations."""
+results of parts 1 and 2 (the numbers docs/closed_loop_calvin.md quotes) and on constructed evaluations."""
 
 import json
 import sys
@@ -13,6 +13,7 @@ from start_ambiguity import analyse_output_dir, possible_tasks, start_ambiguity
 from lerobot_defi.envs.calvin_task_starts import draw_task_start
 
 PART1 = REPO_DIR / "benchmarks" / "results" / "gpu_closed_loop_part1_2026-12-07"
+PART2 = REPO_DIR / "benchmarks" / "results" / "gpu_closed_loop_part2_2026-12-07"
 FOUR_TASKS = ["open_drawer", "close_drawer", "turn_on_led", "move_slider_left"]
 
 
@@ -69,6 +70,18 @@ def test_part1_starts_and_the_language_blind_ceiling():
     # The reconstructed starts give the recorded success rates back.
     recorded = json.loads((PART1 / "results.json").read_text())["policies"]["defi_no_pretraining"]["final"]
     assert results["defi_no_pretraining_000800"]["success"] == pytest.approx(recorded["mean_success"])
+
+
+def test_part2_defi_with_pretraining_on_the_same_starts():
+    results = analyse_output_dir(PART2)
+    assert set(results) == {"defi_000400", "defi_000800"}
+    final = results["defi_000800"]
+    counts = {k: (c["successes"], c["episodes"]) for k, c in final["by_possible_tasks"].items()}
+    # the same 80 starts as part 1 (same eval seed and tasks), so the same split by k
+    assert counts == {1: (9, 9), 2: (40, 46), 3: (19, 25)}
+    assert final["language_blind_ceiling"] == pytest.approx(121 / 240)
+    recorded = json.loads((PART2 / "results.json").read_text())["policies"]["defi"]["final"]
+    assert final["success"] == pytest.approx(recorded["mean_success"])
 
 
 def test_unknown_task_and_missing_folder_are_named(tmp_path):
