@@ -37,6 +37,15 @@ from typing import Literal
 from lerobot_defi.command_line import parse_or_exit
 
 REPORT_PREFIX = "BENCH_START_REPORT "
+# torch's compile timers (torch._dynamo.utils.compilation_time_metrics, seconds summed) reported per start: what
+# the first action's compilation spends its time on.
+COMPILE_PHASES = {
+    "dynamo": "_compile.compile_inner",  # everything below, for every frame dynamo compiled
+    "tracing": "bytecode_tracing",  # dynamo running the Python code symbolically
+    "backend": "OutputGraph.call_user_compiler",  # AOTAutograd + inductor: compiling, or loading from the cache
+    "cache_load": "AOTAutogradCache.inductor_load",  # of which: loading compiled graphs and their kernels
+    "guards": "build_guards",
+}
 Size = Literal["tiny", "official"]
 Role = Literal["save", "start"]
 
@@ -110,6 +119,11 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     stamps["first_action"] = time.time()
+    from torch._dynamo.utils import compilation_time_metrics
+
+    compile_phases = {
+        name: sum(compilation_time_metrics.get(key, [])) for name, key in COMPILE_PHASES.items()
+    }
     policy.reset()
     started = time.perf_counter()
     policy.select_action(batch, noise=noise)
@@ -135,6 +149,9 @@ def child_start(args: BenchCompiledStartConfig) -> None:
         "eager_vs_compiled_max_abs": (chunk - eager_chunk).abs().max().item(),
         "entry_loaded": any(e.loaded for e in entries),
         "entry_saved": any(e.saved for e in entries),
+        # host seconds of the cache entry's steps at the first call (key, load, call, save; CachedCompiledFunction)
+        "entry_seconds": entries[0].seconds if entries else {},
+        "compile_phases": compile_phases,
         "fxgraph_hits": counters["inductor"]["fxgraph_cache_hit"],
         "fxgraph_misses": counters["inductor"]["fxgraph_cache_miss"],
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
@@ -182,6 +199,33 @@ def compare_starts(runs: list[tuple[str, dict]], atol: float) -> dict:
             f"compiled vs eager on the same inputs: up to {gap:.3g}"
         )
     return {"action_atol": atol, "runs": per_run, "verdict": verdict}
+
+
+def first_action_phases(report: dict) -> dict[str, float]:
+    """Seconds from "loaded" to the first action, split: the cache entry's key / load / first call / save (the call
+    split further by torch's compile timers: dynamo tracing, backend (of which loading from the cache), guards),
+    and the rest (inputs, eager parts, CUDA-graph warm-up and capture)."""
+    seconds, entry, phases = (
+        report["seconds"],
+        report.get("entry_seconds", {}),
+        report.get("compile_phases", {}),
+    )
+    total = seconds["first_action"] - seconds["loaded"]
+    split = {f"entry_{step}": value for step, value in entry.items()}
+    split.update({f"compile_{name}": value for name, value in phases.items()})
+    split["other"] = total - sum(entry.values())
+    split["total"] = total
+    return split
+
+
+def print_first_action_phases(runs: list[tuple[str, dict]]) -> None:
+    names = ["entry_key", "entry_load", "entry_call", "compile_tracing", "compile_backend", "compile_cache_load",
+             "compile_guards", "entry_save", "other", "total"]  # fmt: skip
+    print("\nwhere the first action's seconds go (after the policy is loaded; host time):")
+    print(f"{'start':<8} " + " ".join(f"{name:>18}" for name in names))
+    for name, report in runs:
+        split = first_action_phases(report)
+        print(f"{name:<8} " + " ".join(f"{split.get(column, float('nan')):>18.2f}" for column in names))
 
 
 def child_command(args: BenchCompiledStartConfig, role: str) -> list[str]:
@@ -260,8 +304,11 @@ def main() -> None:
             f"{'yes' if same['same'] else 'NO':>4} {same['eager_vs_compiled_max_abs']:>16.3g}"
         )
     print(comparison["verdict"] + f" (tolerance: --action_atol={atol:g})")
+    print_first_action_phases(runs)
     print(f"cache folder: {args.cache_dir}")
     if args.out:
+        for _, report in runs:
+            report["first_action_phases"] = first_action_phases(report)
         results = {"args": asdict(args), "runs": dict(runs), "comparison": comparison}
         Path(args.out).write_text(json.dumps(results, indent=2))
     if not args.workdir:

@@ -6,7 +6,7 @@ import sys
 from defi_test_utils import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from bench_compiled_start import compare_starts, default_action_atol, max_abs_difference
+from bench_compiled_start import compare_starts, default_action_atol, first_action_phases, max_abs_difference
 
 
 def start(chunk: list, eager_gap: float) -> dict:
@@ -42,3 +42,20 @@ def test_a_start_beyond_tolerance_is_a_mismatch_shown_against_the_eager_gap():
 def test_default_tolerance_is_float32_on_the_cpu_and_bf16_on_a_gpu():
     assert default_action_atol("cpu") == 1e-4
     assert default_action_atol("cuda") == default_action_atol("cuda:0") == 1e-2
+
+
+def test_first_action_seconds_are_split_into_the_entry_steps_and_the_rest():
+    report = {
+        "seconds": {"imported": 12.0, "loaded": 16.0, "first_action": 36.5},
+        "entry_seconds": {"key": 0.5, "load": 2.0, "call": 15.0, "save": 0.0},
+        "compile_phases": {"dynamo": 14.0, "tracing": 6.0, "backend": 7.5, "cache_load": 7.0, "guards": 0.5},
+    }
+    split = first_action_phases(report)
+    assert split["total"] == 20.5
+    assert split["other"] == 3.0  # 20.5 - (0.5 + 2 + 15 + 0): inputs, eager parts, CUDA-graph capture
+    assert (
+        split["entry_call"] == 15.0 and split["compile_tracing"] == 6.0 and split["compile_cache_load"] == 7.0
+    )
+    # a start without a cache entry (compile_cache_dir=off) has only the total and the rest
+    bare = first_action_phases({"seconds": report["seconds"]})
+    assert bare == {"other": 20.5, "total": 20.5}

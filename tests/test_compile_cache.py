@@ -169,6 +169,9 @@ def test_first_call_saves_the_entry_and_a_new_process_loads_it(
         torch.testing.assert_close(warm(*inputs), expected, rtol=0, atol=0)
     (status,) = warm.entries.values()
     assert (status.loaded, status.saved) == (True, False)
+    # the first call's steps are timed (what a warm start spends where)
+    assert set(status.seconds) == {"key", "load", "call", "save"}
+    assert all(value >= 0 for value in status.seconds.values())
     assert fake_torch_artifacts.loaded == [b"compiled graphs of this process"]
     assert fake_torch_artifacts.saves == 1
     assert not list((tmp_path / "artifacts").glob(".*.tmp"))  # written atomically

@@ -28,8 +28,9 @@ import json
 import logging
 import os
 import platform
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -332,13 +333,16 @@ def compile_cache_misses() -> int:
 @dataclass
 class CacheEntryStatus:
     """What the first call with one input signature did: ``loaded`` the entry, compiled ``misses`` graphs from
-    scratch, ``saved`` the entry."""
+    scratch, ``saved`` the entry; ``seconds``: host seconds of its steps (``key``: the key, weights digest
+    included; ``load``: reading the entry into torch's caches; ``call``: the compiled function's first call, i.e.
+    dynamo tracing, compiling or loading the compiled graphs, and launching; ``save``: writing the entry)."""
 
     key: str
     path: Path
     loaded: bool
     misses: int
     saved: bool
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class CachedCompiledFunction:
@@ -373,23 +377,39 @@ class CachedCompiledFunction:
         signature = input_signature(inputs)
         if signature in self.entries:
             return self.fn(*inputs)
+        seconds = {}
+        started = time.perf_counter()
         try:
             key, material = self.key_for(inputs)
         except Exception as error:  # never stop the policy for its cache
             logger.warning("Compile cache disabled for this input: could not compute its key (%s)", error)
             self.entries[signature] = CacheEntryStatus("", Path(), loaded=False, misses=0, saved=False)
             return self.fn(*inputs)
+        seconds["key"], started = time.perf_counter() - started, time.perf_counter()
         loaded = self.cache.load(key, material)
+        seconds["load"], started = time.perf_counter() - started, time.perf_counter()
         misses_before = compile_cache_misses()
         output = self.fn(*inputs)
         misses = compile_cache_misses() - misses_before
+        seconds["call"], started = time.perf_counter() - started, time.perf_counter()
         saved = False
         if not loaded or misses:
             try:
                 saved = self.cache.save(key, material) is not None
             except Exception as error:
                 logger.warning("Compile cache: could not save the artefacts (%s)", error)
-        self.entries[signature] = CacheEntryStatus(key, self.cache.entry_path(key), loaded, misses, saved)
+        seconds["save"] = time.perf_counter() - started
+        self.entries[signature] = CacheEntryStatus(
+            key, self.cache.entry_path(key), loaded, misses, saved, seconds
+        )
+        logger.info(
+            "Compile cache entry %s: %s, %d graph(s) compiled, %s; seconds: %s",
+            key[:12],
+            "loaded" if loaded else "not found",
+            misses,
+            "saved" if saved else "not saved",
+            ", ".join(f"{step} {value:.2f}" for step, value in seconds.items()),
+        )
         return output
 
 
