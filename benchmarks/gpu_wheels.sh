@@ -17,16 +17,20 @@ second=${2:-.whl2}
 vendor=${VENDOR_DIR:-$repo/../shared/vendor}
 python=${PYTHON:-$repo/.venv/bin/python}
 mkdir -p "$first" "$second"
-"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$second" \
-  lerobot==0.6.1 diffusers==0.39.0 datasets==4.8.5 dill==0.4.1 draccus==0.11.6 einops==0.8.2 \
+# download DEST PACKAGE==VERSION...: binary wheels for the machine's Python 3.12 on x86-64 Linux, no dependencies
+download() {
+  local dest=$1
+  shift
+  "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$dest" "$@"
+}
+download "$second" lerobot==0.6.1 diffusers==0.39.0 datasets==4.8.5 dill==0.4.1 draccus==0.11.6 einops==0.8.2 \
   farama-notifications==0.0.6 fsspec==2026.2.0 google-crc32c==1.9.0 gymnasium==1.4.0 imageio==2.38.2 isal==1.9.1 \
   jsonlines==4.0.0 lazy-importer==0.1.0 mergedeep==1.3.4 multiprocess==0.70.19 mypy-extensions==1.2.0 \
   packaging==25.0 python-dateutil==2.9.0.post0 pytz==2026.6 termcolor==3.3.0 toml==0.10.2 typing-inspect==0.9.0 \
   tzdata==2026.6 xxhash==4.1.0 cloudpickle==3.1.3
-"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d "$first" av==15.1.0 torchao==0.18.0
+download "$first" av==15.1.0 torchao==0.18.0
 rm -f "$second"/lerobot_policy_defi-*.whl
 "$python" -m pip wheel -q --no-deps --no-build-isolation "$repo" -w "$second"
 cp "$vendor"/wheels/*.whl "$vendor"/calvin_env.bundle "$second"/
