@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from lerobot_defi.command_line import parse_or_exit
-from lerobot_defi.envs.calvin_task_starts import conditions_for_task, draw_task_start
+from lerobot_defi.envs.calvin_task_starts import draw_task_start, task_can_start
 
 
 @dataclass
@@ -33,14 +32,9 @@ class StartAmbiguityConfig:
     out: str | None = None
 
 
-@cache
-def _possible_conditions(task: str) -> list[dict]:
-    return conditions_for_task(task)
-
-
 def possible_tasks(condition: dict, tasks: list[str]) -> list[str]:
     """The tasks of ``tasks`` that can be done from the initial ``condition``."""
-    return [task for task in tasks if condition in _possible_conditions(task)]
+    return [task for task in tasks if task_can_start(task, condition)]
 
 
 def start_ambiguity(eval_info: dict, tasks: list[str], eval_seed: int) -> dict:

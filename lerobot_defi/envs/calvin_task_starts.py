@@ -90,15 +90,21 @@ TASK_PRECONDITIONS: dict[str, tuple[dict, ...]] = {
 
 def conditions_for_task(task: str) -> list[dict]:
     """The initial conditions in which ``task`` can be done, in CALVIN's enumeration order."""
+    _check_task(task)
+    return [condition for condition in calvin_initial_conditions() if task_can_start(task, condition)]
+
+
+def task_can_start(task: str, condition: Mapping) -> bool:
+    """Whether ``task`` can be done from the initial ``condition`` (one of its preconditions holds)."""
+    _check_task(task)
+    return any(_holds(condition, pre) for pre in TASK_PRECONDITIONS[task])
+
+
+def _check_task(task: str) -> None:
     if task not in TASK_PRECONDITIONS:
         raise KeyError(
             f"{task!r} cannot start from a CALVIN initial condition; tasks that can: {sorted(TASK_PRECONDITIONS)}"
         )
-    return [
-        condition
-        for condition in calvin_initial_conditions()
-        if any(_holds(condition, pre) for pre in TASK_PRECONDITIONS[task])
-    ]
 
 
 def _holds(condition: Mapping, precondition: Mapping) -> bool:
