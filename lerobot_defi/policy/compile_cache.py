@@ -377,28 +377,30 @@ class CachedCompiledFunction:
         signature = input_signature(inputs)
         if signature in self.entries:
             return self.fn(*inputs)
-        seconds = {}
-        started = time.perf_counter()
+        stamps = [time.perf_counter()]
         try:
             key, material = self.key_for(inputs)
         except Exception as error:  # never stop the policy for its cache
             logger.warning("Compile cache disabled for this input: could not compute its key (%s)", error)
             self.entries[signature] = CacheEntryStatus("", Path(), loaded=False, misses=0, saved=False)
             return self.fn(*inputs)
-        seconds["key"], started = time.perf_counter() - started, time.perf_counter()
+        stamps.append(time.perf_counter())
         loaded = self.cache.load(key, material)
-        seconds["load"], started = time.perf_counter() - started, time.perf_counter()
+        stamps.append(time.perf_counter())
         misses_before = compile_cache_misses()
         output = self.fn(*inputs)
         misses = compile_cache_misses() - misses_before
-        seconds["call"], started = time.perf_counter() - started, time.perf_counter()
+        stamps.append(time.perf_counter())
         saved = False
         if not loaded or misses:
             try:
                 saved = self.cache.save(key, material) is not None
             except Exception as error:
                 logger.warning("Compile cache: could not save the artefacts (%s)", error)
-        seconds["save"] = time.perf_counter() - started
+        stamps.append(time.perf_counter())
+        seconds = {
+            step: end - start for step, start, end in zip(("key", "load", "call", "save"), stamps, stamps[1:])
+        }
         self.entries[signature] = CacheEntryStatus(
             key, self.cache.entry_path(key), loaded, misses, saved, seconds
         )
