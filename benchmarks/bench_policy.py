@@ -343,6 +343,9 @@ def run_start_section(args: BenchPolicyConfig, device: str, workdir: Path, repor
                 "entry": "loaded" if run["entry_loaded"] else "saved" if run["entry_saved"] else "none",
                 "max_abs_diff_to_cold": start["comparison"]["runs"][name]["max_abs_diff_to_cold"],
                 "eager_vs_compiled_max_abs": run["eager_vs_compiled_max_abs"],
+                "second_chunk_ms": round(run["second_chunk_ms"], 2),
+                # after loading: the cache entry's steps and torch's compile timers (bench_compiled_start.py)
+                "first_action_phases_s": {k: round(v, 2) for k, v in run["first_action_phases"].items()},
             },
         )
     report("start", "action_atol", start["comparison"]["action_atol"])
