@@ -42,6 +42,16 @@ def test_random_gfdm_gets_the_latent_spread_of_svd():
     assert policy.gfdm.encode_condition(images).std().item() == pytest.approx(SVD_LATENT_STD, rel=0.25)
 
 
+def test_calibration_images_are_the_same_under_a_default_device():
+    """A policy built under ``with torch.device("cuda")`` (bench_policy.py does) calibrates on the same images: the
+    seeded CPU generator is not asked to fill a tensor on the default device."""
+    on_cpu = calibration_images(16, samples=2, seed=3)
+    with torch.device("meta"):  # any default device other than the CPU
+        under_context = calibration_images(16, samples=2, seed=3)
+    assert under_context.device == torch.device("cpu")
+    assert torch.equal(under_context, on_cpu)
+
+
 def test_saved_policy_reloads_its_calibrated_gfdm_unchanged(tmp_path):
     torch.manual_seed(0)
     policy = DeFIPolicy(tiny_config())

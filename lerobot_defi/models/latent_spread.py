@@ -17,7 +17,8 @@ def calibration_images(image_size: int, samples: int = 16, seed: int = 0) -> tor
     """Smooth random images ``(samples, 3, image_size, image_size)`` in [-1, 1]: bilinear upsampling of 8 x 8
     uniform noise (scene-like: large uniform regions and edges, unlike per-pixel noise)."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(samples, 3, 8, 8, generator=generator) * 2 - 1
+    # on the CPU even under a `with torch.device("cuda")` block, so the images are the same on every device
+    coarse = torch.rand(samples, 3, 8, 8, generator=generator, device="cpu") * 2 - 1
     return F.interpolate(coarse, size=image_size, mode="bilinear", align_corners=False)
 
 
