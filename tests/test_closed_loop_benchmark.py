@@ -207,7 +207,9 @@ def test_committed_gpu_table_is_the_merge_of_its_committed_parts(bench, tmp_path
     committed = json.loads((results / "gpu_closed_loop_2026-12-07" / bench.RESULTS_FILE).read_text())
     assert merged == committed
     finals = {policy: entry["final"]["mean_success"] for policy, entry in committed["policies"].items()}
-    assert finals == pytest.approx({"defi": 0.85, "defi_no_pretraining": 0.70, "diffusion": 0.075, "act": 0.0625})
+    assert finals == pytest.approx(
+        {"defi": 0.85, "defi_no_pretraining": 0.70, "diffusion": 0.075, "act": 0.0625}
+    )
 
 
 def test_merge_refuses_parts_of_different_benchmarks(bench, tmp_path):
