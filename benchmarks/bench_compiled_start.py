@@ -103,6 +103,11 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
     stamps = {"imported": time.time()}
+    if args.device.startswith("cuda"):
+        # As lerobot-eval / lerobot-train and bench_policy.py set it. Inductor keys its graphs by it, so
+        # bench_policy's fast path finds what this start compiled.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     policy = DeFIPolicy.from_pretrained(args.policy_dir)
     policy.config.compile_cache_dir = args.cache_dir
     policy = policy.to(args.device).eval()

@@ -115,7 +115,7 @@ def test_inductor_folder_moves_into_the_cache_unless_the_user_chose_one(monkeypa
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
-def test_key_changes_with_weights_input_shapes_and_mode(tmp_path, policy, inputs):
+def test_key_changes_with_weights_input_shapes_mode_and_matmul_settings(tmp_path, policy, inputs):
     cached = cached_chunk_function(policy, tmp_path)
     key, material = cached.key_for(inputs)
     assert cached.key_for(inputs)[0] == key  # deterministic
@@ -132,6 +132,14 @@ def test_key_changes_with_weights_input_shapes_and_mode(tmp_path, policy, inputs
     assert cached_chunk_function(policy, tmp_path, mode="max-autotune").key_for(inputs)[0] != key
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cached.key_for(inputs)[0] != key
+    # lerobot-train / lerobot-eval set allow_tf32, which inductor's graph cache keys by: another entry
+    precision = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = precision != "tf32"
+        assert cached.key_for(inputs)[0] != key
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = precision
+    assert cached.key_for(inputs)[0] == key
     policy.config.n_action_steps = 5  # the config as saved, same weights
     try:
         assert cached_chunk_function(policy, tmp_path).key_for(inputs)[0] != key

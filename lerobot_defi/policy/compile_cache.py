@@ -193,6 +193,19 @@ def input_signature(inputs: tuple[Tensor, ...]) -> tuple:
     )
 
 
+def matmul_settings() -> list[str]:
+    """The process-wide matrix-product settings that inductor's own graph cache keys its compiled graphs by
+    (``torch.backends.cuda.matmul``: fp32 precision, e.g. ``tf32`` after ``allow_tf32 = True`` as lerobot-train
+    and lerobot-eval set it, and the reduced-precision reductions): an entry made under other settings would load
+    and then compile everything again."""
+    matmul = torch.backends.cuda.matmul
+    return [
+        str(matmul.fp32_precision),
+        str(matmul.allow_fp16_reduced_precision_reduction),
+        str(matmul.allow_bf16_reduced_precision_reduction),
+    ]
+
+
 def key_material(model: nn.Module, description: dict, mode: str, inputs: tuple[Tensor, ...]) -> dict:
     """Everything the key is made of (stored in the entry's header, readable with ``head -c 4000``)."""
     device = next((t.device for t in inputs if torch.is_tensor(t)), torch.device("cpu"))
@@ -207,6 +220,7 @@ def key_material(model: nn.Module, description: dict, mode: str, inputs: tuple[T
         "grad_enabled": grad,
         "autocast": [autocast, autocast_dtype],
         "compile_mode": mode,
+        "matmul_settings": matmul_settings(),
     }
 
 
