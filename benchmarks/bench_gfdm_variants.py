@@ -43,6 +43,29 @@ def set_conv_layout(module: nn.Module, channels_last: bool) -> None:
             m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 
 
+def kernel_family(name: str) -> str:
+    """The family of a GPU kernel (or CPU op) by its name. Triton kernels are inductor's: its GEMM templates
+    (``triton_tem_``) are matrix products, kernels that compute a row's absolute maximum or feed ``_scaled_mm``
+    are FP8 activation quantization (fused with the pointwise op before it), the rest fused pointwise /
+    normalisation (even where named after the ``addmm`` whose epilogue they are)."""
+    name = name.lower()
+    if name.startswith("triton"):
+        if name.startswith("triton_tem"):
+            return "matmul"
+        if "scaled_mm" in name or "amax" in name:
+            return "fp8 activation quantization (triton)"
+        return "triton (fused pointwise/norm)"
+    if any(k in name for k in ("sdpa", "flash", "fmha", "attention", "efficient")):
+        return "attention"
+    if "implicit_gemm" in name or "conv" in name:
+        return "convolution"
+    if any(k in name for k in ("gemm", "gmma", "cutlass", "nvjet", "ampere", "mm_")):
+        return "matmul"
+    if "nchw" in name or "nhwc" in name or "transpose" in name:
+        return "layout transposes"
+    return "other"
+
+
 def kernel_table(fn, device: str, top: int) -> tuple[str, dict[str, float]]:
     """Top kernels by total GPU time over 5 calls, and time per kernel family (ms per call)."""
     from torch.profiler import ProfilerActivity, profile
@@ -56,22 +79,10 @@ def kernel_table(fn, device: str, top: int) -> tuple[str, dict[str, float]]:
         sync(device)
     families: dict[str, float] = {}
     for event in prof.key_averages():
-        name = event.key.lower()
         us = event.device_time_total if on_gpu else event.self_cpu_time_total
         if us <= 0:
             continue
-        if "sdpa" in name or "flash" in name or "fmha" in name or "attention" in name or "efficient" in name:
-            family = "attention"
-        elif "implicit_gemm" in name or ("conv" in name and not name.startswith("triton")):
-            family = "convolution"
-        elif any(k in name for k in ("gemm", "gmma", "cutlass", "nvjet", "ampere", "mm_")):
-            family = "matmul"
-        elif "nchw" in name or "nhwc" in name or "transpose" in name:
-            family = "layout transposes"
-        elif name.startswith("triton"):
-            family = "triton (fused pointwise/norm)"
-        else:
-            family = "other"
+        family = kernel_family(event.key)
         families[family] = families.get(family, 0.0) + us / 5e3
     sort_by = "device_time_total" if on_gpu else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort_by, row_limit=top, max_name_column_width=70)

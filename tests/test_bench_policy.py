@@ -107,3 +107,24 @@ def test_fp8_error_measurement_of_identical_paths_is_zero():
     assert errors["features_bf16_max_abs"] > 0 and errors["chunk_bf16_max_abs"] > 0
     reference_state = reference.state_dict()  # given the fast path's weights first
     assert all(torch.equal(reference_state[k], v) for k, v in fast.state_dict().items())
+
+
+def test_profile_families_of_the_h100_run_kernels():
+    """Kernel names of the committed H100 run (benchmarks/results/gpu_bench_policy_2026-12-07/bench_policy.log) and
+    two of inductor's (a GEMM template, an addmm epilogue): the fused FP8 quantization is its own family, not a
+    matrix product."""
+    from bench_gfdm_variants import kernel_family
+
+    families = {
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_": "attention",
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT": "matmul",
+        "nvjet_sm90_qqtst_128x128_128x6_1x2_h_bz_ovscale_bias_TNT": "matmul",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_ti": "convolution",
+        "triton_red_fused__scaled_mm__to_copy_abs_amax_clamp_div_gelu_mul_sp": "fp8 activation quantization (triton)",
+        "triton_poi_fused_gelu_mul_split_view_87": "triton (fused pointwise/norm)",
+        "triton_poi_fused_addmm_gelu_3": "triton (fused pointwise/norm)",
+        "triton_poi_fused_convolution_silu_147": "triton (fused pointwise/norm)",
+        "triton_tem_fused_mm_0": "matmul",
+        "Memset (Unknown)": "other",
+    }
+    assert {name: kernel_family(name) for name in families} == families
