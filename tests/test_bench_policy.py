@@ -128,3 +128,16 @@ def test_profile_families_of_the_h100_run_kernels():
         "Memset (Unknown)": "other",
     }
     assert {name: kernel_family(name) for name in families} == families
+
+
+def test_docs_table_is_the_committed_h100_run_rendered():
+    """docs/performance.md §2.1 shows the table ``summary_table`` makes of the committed JSON, as written on the
+    H100 (no figure typed by hand)."""
+    import json
+
+    committed = REPO_DIR / "benchmarks" / "results" / "gpu_bench_policy_2026-12-07" / "bench_policy.json"
+    data = json.loads(committed.read_text())
+    assert data["setup"]["device_name"] == "NVIDIA H100 80GB HBM3"
+    table = summary_table(data).split("\n\n")[0]
+    assert table in (REPO_DIR / "docs" / "performance.md").read_text()
+    assert "| batch-1 chunk, median (p90) ms | 123.92 (170.99) | 27.3 (27.5) | 29.61 (29.86) |" in table

@@ -14,7 +14,8 @@ process (``DeFIConfig.compile_cache_dir``):
 
 The key is the SHA-256 of :func:`key_material`: the policy's config as saved, a digest of its weights, the
 code version (this package's sources, diffusers and transformers versions), the torch / Triton / Python
-versions, the device type and name, the input shapes, dtypes and autocast state, and the compile mode.
+versions, the device type and name, the input shapes, dtypes and autocast state, the compile mode and the
+matrix-product precision settings (TF32) inductor keys its own graphs by.
 
 Dynamo still traces the Python code in each new process, and the compiled kernels are loaded again: that is
 what a warm start costs (see ``benchmarks/bench_compiled_start.py``). A missing, corrupt or mismatched entry
