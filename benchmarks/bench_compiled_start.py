@@ -99,7 +99,6 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     import torch
 
     import lerobot_policy_defi  # noqa: F401  (registers the policy type)
-    from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
     from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
     stamps = {"imported": time.time()}
@@ -114,7 +113,7 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     policy.compile_modules(args.compile_mode)
     stamps["loaded"] = time.time()
 
-    from bench_policy import make_batch
+    from bench_policy import compile_cache_entries, make_batch
 
     torch.manual_seed(1)
     batch = make_batch(policy.config, 1, args.device)
@@ -143,9 +142,7 @@ def child_start(args: BenchCompiledStartConfig) -> None:
 
     from torch._dynamo.utils import counters
 
-    compiled = policy._compiled_sample  # CUDAGraphedFunction(CachedCompiledFunction) on CUDA with CUDA graphs
-    cached = compiled.fn if isinstance(compiled, CUDAGraphedFunction) else compiled
-    entries = list(getattr(cached, "entries", {}).values())
+    entries = compile_cache_entries(policy)
     report = {
         "stamps": stamps,
         "second_chunk_ms": second_chunk_ms,
