@@ -230,6 +230,44 @@ def print_first_action_phases(runs: list[tuple[str, dict]]) -> None:
         print(f"{name:<8} " + " ".join(f"{split.get(column, float('nan')):>18.2f}" for column in names))
 
 
+# What a start imports before its "imported" stamp (this script's own imports and child_start's).
+START_IMPORTS = (
+    "import lerobot_defi.command_line, torch, lerobot_policy_defi, lerobot_defi.policy.cuda_graphs, "
+    "lerobot_defi.policy.modeling_defi"
+)
+
+
+def import_seconds_by_package(importtime_output: str, top: int = 12) -> dict[str, float]:
+    """``python -X importtime`` output -> self seconds summed per top-level package: the ``top`` largest, then
+    ``other`` and ``total``."""
+    by_package: dict[str, float] = {}
+    for line in importtime_output.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if not line.startswith("import time:") or len(fields) != 3 or not fields[0].strip().isdigit():
+            continue  # the header line ("self [us] | cumulative | imported package") and anything else
+        package = fields[2].strip().split(".")[0]
+        by_package[package] = by_package.get(package, 0.0) + int(fields[0]) / 1e6
+    ranked = sorted(by_package.items(), key=lambda item: -item[1])
+    result = {name: round(seconds, 2) for name, seconds in ranked[:top]}
+    result["other"] = round(sum(seconds for _, seconds in ranked[top:]), 2)
+    result["total"] = round(sum(by_package.values()), 2)
+    return result
+
+
+def profile_imports(env: dict, top: int = 12) -> dict[str, float]:
+    """A start's imports once more, in their own process under ``-X importtime`` (not in a timed start: the
+    profiler slows imports a little): self seconds per package, and the process's wall seconds."""
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", START_IMPORTS], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        sys.exit(f"the import profile failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    seconds = import_seconds_by_package(result.stderr, top)
+    seconds["wall"] = round(time.time() - started, 2)
+    return seconds
+
+
 def child_command(args: BenchCompiledStartConfig, role: str) -> list[str]:
     """The command line of one child process (this script again, with the parent's resolved options)."""
     return [
@@ -282,6 +320,7 @@ def main() -> None:
     print(f"cold start done: first action after {runs[0][1]['seconds']['first_action']:.1f} s", flush=True)
     for index in range(args.warm_runs):
         runs.append((f"warm {index + 1}", run_child(args, "start", env)))
+    imports = profile_imports(env)
 
     atol = args.action_atol if args.action_atol is not None else default_action_atol(args.device)
     comparison = compare_starts(runs, atol)
@@ -307,11 +346,20 @@ def main() -> None:
         )
     print(comparison["verdict"] + f" (tolerance: --action_atol={atol:g})")
     print_first_action_phases(runs)
+    print(
+        "\nimports of a start (python -X importtime, self seconds by package): "
+        + ", ".join(f"{name} {seconds:.2f}" for name, seconds in imports.items())
+    )
     print(f"cache folder: {args.cache_dir}")
     if args.out:
         for _, report in runs:
             report["first_action_phases"] = first_action_phases(report)
-        results = {"args": asdict(args), "runs": dict(runs), "comparison": comparison}
+        results = {
+            "args": asdict(args),
+            "runs": dict(runs),
+            "comparison": comparison,
+            "imports_by_package_s": imports,
+        }
         Path(args.out).write_text(json.dumps(results, indent=2))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -357,6 +357,7 @@ def run_start_section(args: BenchPolicyConfig, device: str, workdir: Path, repor
                 "first_action_phases_s": {k: round(v, 2) for k, v in run["first_action_phases"].items()},
             },
         )
+    report("start", "imports_by_package_s", start["imports_by_package_s"])
     report("start", "action_atol", start["comparison"]["action_atol"])
     report("start", "verdict", start["comparison"]["verdict"])
     report("start", "section_s", round(time.perf_counter() - started, 1))

@@ -6,7 +6,14 @@ import sys
 from defi_test_utils import REPO_DIR
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from bench_compiled_start import compare_starts, default_action_atol, first_action_phases, max_abs_difference
+from bench_compiled_start import (
+    compare_starts,
+    default_action_atol,
+    first_action_phases,
+    import_seconds_by_package,
+    max_abs_difference,
+    profile_imports,
+)
 
 
 def start(chunk: list, eager_gap: float) -> dict:
@@ -59,3 +66,29 @@ def test_first_action_seconds_are_split_into_the_entry_steps_and_the_rest():
     # a start without a cache entry (compile_cache_dir=off) has only the total and the rest
     bare = first_action_phases({"seconds": report["seconds"]})
     assert bare == {"other": 20.5, "total": 20.5}
+
+
+IMPORTTIME = """import time: self [us] | cumulative | imported package
+import time:       120 |        120 |   _io
+import time:      2000 |       2000 |       torch._C
+import time:      1500 |       3500 |     torch.nn
+import time:     40000 |      43500 |   torch
+import time:       300 |        300 |       lerobot.configs
+import time:      9700 |      10000 |   lerobot
+some other line on stderr
+"""
+
+
+def test_import_seconds_are_summed_per_top_level_package():
+    seconds = import_seconds_by_package(IMPORTTIME, top=2)
+    assert seconds == {"torch": 0.04, "lerobot": 0.01, "other": 0.0, "total": 0.05}
+    assert list(seconds)[:2] == ["torch", "lerobot"]  # largest first
+
+
+def test_a_start_s_imports_are_profiled_in_a_process_of_their_own():
+    """The real profile of what a start imports (lerobot, torch, this package): the packages are named."""
+    import os
+
+    seconds = profile_imports(dict(os.environ, HF_HUB_OFFLINE="1"), top=1000)
+    assert {"torch", "lerobot", "lerobot_defi"} <= set(seconds)
+    assert seconds["total"] > seconds["torch"] > 0 and seconds["wall"] >= seconds["total"] * 0.5
