@@ -4,8 +4,8 @@ A warm start (``bench_compiled_start.py``) loads the compiled graphs from the co
 over the chunk's Python code. This script traces the function ``compile_modules`` compiles
 (``DeFIPolicy._inference_chunk``, one full graph, static shapes) with a backend that only counts, so nothing is
 compiled and nothing runs: it prints how many graph nodes each top-level module of the policy contributes (the
-innermost module a node was traced in; the action head's count holds its context encoder once and its decoder in
-each of the solver steps) and torch's tracing timers.
+innermost module a node was traced in; the action head's count holds its context blocks once and its denoising blocks in
+each of the solver steps; the script splits it by the action head's children too) and torch's tracing timers.
 
     python benchmarks/bench_chunk_trace.py --size=official --out=trace.json   # builds 1.72 B random weights
     python benchmarks/bench_chunk_trace.py                                    # tiny preset
@@ -42,24 +42,34 @@ class BenchChunkTraceConfig:
 NO_MODULE = "(no module: policy and solver code)"
 
 
-def module_part(nn_module_stack: dict | None) -> str:
+def module_part(nn_module_stack: dict | None, within: str | None = None) -> str | None:
     """The policy's top-level module a graph node was traced in (``gfdm``, ``action_head``, ...), from the node's
     ``nn_module_stack`` (paths such as ``L['self'].gfdm.unet.down_blocks[0]`` or ``L['self']._modules['gidm']``);
     :data:`NO_MODULE` for code that runs outside every submodule's ``forward`` (the policy's methods, the solver
-    loop's arithmetic)."""
+    loop's arithmetic). With ``within``, the child of that top-level module instead (``None`` for nodes outside
+    it, ``within`` itself for its own code)."""
     if not nn_module_stack:
-        return NO_MODULE
+        return None if within else NO_MODULE
     path = list(nn_module_stack.values())[-1][0]
     path = re.sub(r"^L\['self'\]\.?", "", path)
-    path = re.sub(r"^_modules\['(\w+)'\]", r"\1", path)
-    return path.split(".")[0].split("[")[0] or NO_MODULE
+    path = re.sub(r"_modules\['(\w+)'\]", r"\1", path)
+    names = [name.split("[")[0] for name in path.split(".") if name]
+    if within is None:
+        return names[0] if names else NO_MODULE
+    if not names or names[0] != within:
+        return None
+    return names[1] if len(names) > 1 else within
 
 
-def nodes_per_part(graph: torch.fx.Graph) -> dict[str, int]:
-    """Operation nodes of ``graph`` per :func:`module_part`, largest first, and their ``total``."""
+def nodes_per_part(graph: torch.fx.Graph, within: str | None = None) -> dict[str, int]:
+    """Operation nodes of ``graph`` per :func:`module_part` (with ``within``: per child of that module), largest
+    first, and their ``total``."""
     parts = Counter(
-        module_part(node.meta.get("nn_module_stack")) for node in graph.nodes if node.op in COUNTED_OPS
+        module_part(node.meta.get("nn_module_stack"), within)
+        for node in graph.nodes
+        if node.op in COUNTED_OPS
     )
+    parts.pop(None, None)
     counted = dict(parts.most_common())
     counted["total"] = sum(parts.values())
     return counted
@@ -72,10 +82,16 @@ def trace_chunk(policy, inputs: tuple) -> dict:
     from lerobot_defi.models.frame_convolution import use_frame_convolutions
 
     use_frame_convolutions(policy.gfdm)  # as compile_modules does
-    graphs: list[dict[str, int]] = []
+    graphs: list[dict[str, dict[str, int]]] = []
 
     def counting_backend(graph_module, example_inputs):
-        graphs.append(nodes_per_part(graph_module.graph))
+        graphs.append(
+            {
+                "nodes": nodes_per_part(graph_module.graph),
+                # the solver's denoiser runs once per step, its context blocks once per chunk
+                "action_head_nodes": nodes_per_part(graph_module.graph, within="action_head"),
+            }
+        )
         outputs = next(node for node in graph_module.graph.nodes if node.op == "output").args[0]
         examples = [out.meta["example_value"] for out in outputs]  # fake tensors: shapes, dtypes, devices
 
@@ -99,7 +115,7 @@ def trace_chunk(policy, inputs: tuple) -> dict:
         "guards": "build_guards",
     }
     return {
-        "nodes": graphs[0],
+        **graphs[0],
         "seconds": {
             "wall": round(seconds, 2),
             **{name: round(sum(compilation_time_metrics.get(key, [])), 2) for name, key in timers.items()},
@@ -126,6 +142,7 @@ def main() -> None:
     for part, count in result["nodes"].items():
         if part != "total":
             print(f"  {part:<36} {count:>6}  {100 * count / total:5.1f} %")
+    print("  of the action head: " + ", ".join(f"{k} {v}" for k, v in result["action_head_nodes"].items()))
     print("seconds: " + ", ".join(f"{name} {value}" for name, value in result["seconds"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps({"size": args.size, "device": args.device, **result}, indent=2))

@@ -17,6 +17,10 @@ def test_nodes_are_attributed_to_the_policy_s_top_level_modules():
     assert module_part({"a": ("L['self'].action_head.decoder[3].attn", object)}) == "action_head"
     assert module_part({"a": ("L['self']", object)}) == NO_MODULE
     assert module_part(None) == module_part({}) == NO_MODULE
+    within = {"a": ("L['self'].action_head._modules['denoising_blocks'][3].attn", object)}
+    assert module_part(within, within="action_head") == "denoising_blocks"
+    assert module_part(stack, within="action_head") is None
+    assert module_part({"a": ("L['self'].action_head", object)}, within="action_head") == "action_head"
 
 
 def test_tiny_chunk_is_one_graph_mostly_gfdm_and_action_head():
@@ -32,3 +36,5 @@ def test_tiny_chunk_is_one_graph_mostly_gfdm_and_action_head():
     assert list(nodes)[:2] == ["gfdm", "action_head"]  # largest first
     assert {"gidm", "video_former", NO_MODULE} <= set(nodes)
     assert 0 < result["seconds"]["tracing"] <= result["seconds"]["wall"]
+    assert result["action_head_nodes"]["total"] == nodes["action_head"]
+    assert next(iter(result["action_head_nodes"])) == "denoising_blocks"  # once per solver step
