@@ -139,5 +139,5 @@ def test_docs_table_is_the_committed_h100_run_rendered():
     data = json.loads(committed.read_text())
     assert data["setup"]["device_name"] == "NVIDIA H100 80GB HBM3"
     table = summary_table(data).split("\n\n")[0]
-    assert table in (REPO_DIR / "docs" / "performance.md").read_text()
+    assert table in (REPO_DIR / "docs/performance.md").read_text()
     assert "| batch-1 chunk, median (p90) ms | 123.92 (170.99) | 27.3 (27.5) | 29.61 (29.86) |" in table
