@@ -13,14 +13,14 @@ each of the solver steps; the script splits it by the action head's children too
 
 import json
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
+from bench_compiled_start import COMPILE_PHASES, Size
+from bench_policy import build_policy, make_batch
 
 from lerobot_defi.command_line import parse_or_exit
 
@@ -31,8 +31,8 @@ COUNTED_OPS = ("call_function", "call_method", "call_module")
 class BenchChunkTraceConfig:
     """Graph nodes per part of the compiled chunk, and dynamo's tracing seconds."""
 
-    # Policy size: the tiny preset, or the official architectures (random weights either way).
-    size: Literal["tiny", "official"] = "tiny"
+    # Policy size: the tiny preset, or the official-size architectures (random weights either way).
+    size: Size = "tiny"
     # Torch device of the policy (tracing runs on the host either way).
     device: str = "cpu"
     # Write the results as JSON here.
@@ -75,13 +75,14 @@ def nodes_per_part(graph: torch.fx.Graph, within: str | None = None) -> dict[str
     return counted
 
 
-def trace_chunk(policy, inputs: tuple) -> dict:
-    """Trace ``policy._inference_chunk(*inputs)`` as ``compile_modules`` prepares it; nodes per part and seconds."""
+def trace_chunk(policy, batch: dict, noise: torch.Tensor) -> dict:
+    """Trace ``policy._inference_chunk`` on ``batch`` (and action ``noise``) as ``compile_modules`` prepares it;
+    nodes per part and seconds."""
     from torch._dynamo.utils import compilation_time_metrics
 
-    from lerobot_defi.models.frame_convolution import use_frame_convolutions
-
-    use_frame_convolutions(policy.gfdm)  # as compile_modules does
+    policy.prepare_for_compile()  # before the inputs: instruction tokens padded as the compiled chunk sees them
+    with torch.no_grad():
+        inputs = (*policy._tensor_inputs(batch), noise)
     graphs: list[dict[str, dict[str, int]]] = []
 
     def counting_backend(graph_module, example_inputs):
@@ -109,34 +110,27 @@ def trace_chunk(policy, inputs: tuple) -> dict:
     seconds = time.perf_counter() - started
     if len(graphs) != 1:
         raise RuntimeError(f"expected the chunk as one graph, dynamo made {len(graphs)}")
-    timers = {
-        "tracing": "bytecode_tracing",
-        "dynamo": "_compile.compile_inner",
-        "guards": "build_guards",
-    }
     return {
         **graphs[0],
         "seconds": {
             "wall": round(seconds, 2),
-            **{name: round(sum(compilation_time_metrics.get(key, [])), 2) for name, key in timers.items()},
+            **{
+                name: round(sum(compilation_time_metrics.get(key, [])), 2)
+                for name, key in COMPILE_PHASES.items()
+            },
         },
     }
 
 
 def main() -> None:
     args = parse_or_exit(BenchChunkTraceConfig)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_policy import build_policy, make_batch
 
     started = time.perf_counter()
     policy = build_policy(args.size == "tiny", args.device, seed=0).eval()
     print(f"built the {args.size} policy in {time.perf_counter() - started:.1f} s", flush=True)
-    policy.text.pad_to_multiple_of = 16  # as compile_modules does
     batch = make_batch(policy.config, 1, args.device)
     noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim, device=args.device)
-    with torch.no_grad():
-        inputs = (*policy._tensor_inputs(batch), noise)
-    result = trace_chunk(policy, inputs)
+    result = trace_chunk(policy, batch, noise)
     total = result["nodes"]["total"]
     print(f"\n{args.size} policy: {total} graph nodes in the chunk")
     for part, count in result["nodes"].items():

@@ -113,7 +113,7 @@ def child_start(args: BenchCompiledStartConfig) -> None:
     policy.compile_modules(args.compile_mode)
     stamps["loaded"] = time.time()
 
-    from bench_policy import compile_cache_entries, make_batch
+    from bench_policy import make_batch
 
     torch.manual_seed(1)
     batch = make_batch(policy.config, 1, args.device)
@@ -142,7 +142,7 @@ def child_start(args: BenchCompiledStartConfig) -> None:
 
     from torch._dynamo.utils import counters
 
-    entries = compile_cache_entries(policy)
+    entries = policy.compile_cache_entries()
     report = {
         "stamps": stamps,
         "second_chunk_ms": second_chunk_ms,

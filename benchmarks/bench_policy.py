@@ -40,7 +40,6 @@ from lerobot_defi.models.gfdm import text_context_from_clip
 from lerobot_defi.models.gfdm_fp8 import fp8_flop_share, fp8_unavailable_reason, plan_fp8
 from lerobot_defi.models.reference_architectures import official_random_config_overrides
 from lerobot_defi.policy.configuration_defi import DeFIConfig, load_preset
-from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
 CAMERAS = ("observation.images.static", "observation.images.gripper")
@@ -73,14 +72,6 @@ def make_batch(config: DeFIConfig, batch_size: int, device: str) -> dict:
     batch["action"] = torch.rand(batch_size, config.chunk_size, 7, device=device) * 2 - 1
     batch["action_is_pad"] = torch.zeros(batch_size, config.chunk_size, dtype=torch.bool, device=device)
     return batch
-
-
-def compile_cache_entries(policy: DeFIPolicy) -> list:
-    """The compile cache's entry status (``CacheEntryStatus``) of each input signature the compiled chunk has
-    seen: loaded or saved, graphs compiled, seconds; empty without a compiled chunk or a cache."""
-    compiled = policy._compiled_sample  # CUDAGraphedFunction(CachedCompiledFunction) on CUDA with CUDA graphs
-    cached = compiled.fn if isinstance(compiled, CUDAGraphedFunction) else compiled
-    return list(getattr(cached, "entries", {}).values())
 
 
 def sync(device: str) -> None:
@@ -380,7 +371,7 @@ def measure_inference(policy, label: str, batch_sizes, device: str, repeats: int
                 f"batch{batch_size}_first_call_s",
                 round(time.perf_counter() - started, 1),
             )
-            entries = compile_cache_entries(policy)
+            entries = policy.compile_cache_entries()
             if entries:  # the newest signature is this batch size's
                 entry = entries[-1]
                 status = "loaded" if entry.loaded else "saved" if entry.saved else "none"

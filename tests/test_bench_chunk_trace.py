@@ -25,12 +25,9 @@ def test_nodes_are_attributed_to_the_policy_s_top_level_modules():
 
 def test_tiny_chunk_is_one_graph_mostly_gfdm_and_action_head():
     policy = build_policy(True, "cpu", seed=0).eval()
-    policy.text.pad_to_multiple_of = 16
     batch = make_batch(policy.config, 1, "cpu")
     noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim)
-    with torch.no_grad():
-        inputs = (*policy._tensor_inputs(batch), noise)
-    result = trace_chunk(policy, inputs)
+    result = trace_chunk(policy, batch, noise)
     nodes = result["nodes"]
     assert nodes["total"] == sum(count for part, count in nodes.items() if part != "total")
     assert list(nodes)[:2] == ["gfdm", "action_head"]  # largest first

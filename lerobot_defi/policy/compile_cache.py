@@ -200,7 +200,7 @@ def matmul_settings() -> list[str]:
     and lerobot-eval set it, and the reduced-precision reductions): an entry made under other settings would load
     and then compile everything again."""
     matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)  # torch >= 2.9; before it, allow_tf32 alone
+    precision = getattr(matmul, "fp32_precision", None)  # older torch has allow_tf32 alone
     return [
         str(matmul.allow_tf32 if precision is None else precision),
         str(matmul.allow_fp16_reduced_precision_reduction),

@@ -149,14 +149,7 @@ class DeFIPolicy(PreTrainedPolicy):
         compiled chunk reads the low-precision copies of the trainable weights as graph inputs
         (:meth:`_inference_chunk`), so neither the graph nor its replays cast them.
         """
-        self.text.pad_to_multiple_of = 16
-        # Process-wide speed settings for the UNet's convolutions: cuDNN picks the fastest algorithm per shape,
-        # and inductor runs 1x1 convolutions as matrix products.
-        import torch._inductor.config as inductor_config
-
-        torch.backends.cudnn.benchmark = True
-        inductor_config.conv_1x1_as_mm = True
-        use_frame_convolutions(self.gfdm)
+        self.prepare_for_compile()
         graphed = mode in ("reduce-overhead", "max-autotune")
         inference_mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(
             mode, mode
@@ -169,6 +162,25 @@ class DeFIPolicy(PreTrainedPolicy):
         self.gfdm.compile(
             mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False
         )
+
+    def prepare_for_compile(self) -> None:
+        """What :meth:`compile_modules` sets up before compiling (also for tools that trace the chunk function):
+        instruction tokens padded to buckets of 16, the GFDM's temporal convolutions as 2-D convolutions, and the
+        process-wide convolution settings (cuDNN picks the fastest algorithm per shape, inductor runs 1x1
+        convolutions as matrix products)."""
+        import torch._inductor.config as inductor_config
+
+        self.text.pad_to_multiple_of = 16
+        torch.backends.cudnn.benchmark = True
+        inductor_config.conv_1x1_as_mm = True
+        use_frame_convolutions(self.gfdm)
+
+    def compile_cache_entries(self) -> list:
+        """The compile cache's :class:`CacheEntryStatus` of each input signature the compiled chunk has seen, in
+        the order they came (loaded or saved, graphs compiled, seconds); empty without a compiled chunk or cache."""
+        compiled = self._compiled_sample
+        cached = compiled.fn if isinstance(compiled, CUDAGraphedFunction) else compiled
+        return list(getattr(cached, "entries", {}).values())
 
     def _drop_cuda_graphs(self) -> None:
         graphed = getattr(self, "_compiled_sample", None)  # _apply also runs while __init__ builds modules
