@@ -403,9 +403,28 @@ def profile_chunk(policy, label: str, device: str, report: Results) -> None:
     report(f"profile_{label}_batch1_ms_per_chunk", "total", round(sum(families.values()), 2))
 
 
+def dispatched_ops(fn) -> int:
+    """How many ATen ops ``fn()`` calls from Python or from a compiled graph's wrapper (top-level ``aten::`` events
+    of the profiler, not the ops they call inside): each is host work, and on a GPU at least one kernel launch. The
+    kernels a compiled graph launches itself (Triton, C++) are not ATen ops and are not counted."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+
+    def nested(event) -> bool:
+        parent = event.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    return sum(1 for e in profile.events() if e.name.startswith("aten::") and not nested(e))
+
+
 def measure_training(policy, label: str, batch_size: int, device: str, steps: int, report: Results) -> float:
     """Samples/s (median of ``steps`` timed steps) of training at ``batch_size`` (reference: fp32 trainable parts,
-    instructions re-encoded; fast paths: bf16 autocast on a GPU); the first step (compilation) is timed apart."""
+    instructions re-encoded; fast paths: bf16 autocast on a GPU); the first step (compilation) is timed apart, and
+    one more step counts the ATen ops it dispatches (:func:`dispatched_ops`)."""
     batch = make_batch(policy.config, batch_size, device)
     reference = label == "reference"
     autocast = torch.bfloat16 if device.startswith("cuda") and not reference else None
@@ -415,10 +434,12 @@ def measure_training(policy, label: str, batch_size: int, device: str, steps: in
     step()
     sync(device)
     report(f"training_{label}", f"batch{batch_size}_first_step_s", round(time.perf_counter() - started, 1))
-    med, _ = timed(step, device, steps, warmup=1)
+    med, p90 = timed(step, device, steps, warmup=1)
     samples_per_s = batch_size * 1e3 / med
+    report(f"training_{label}", f"batch{batch_size}_step_ms_median_p90", [round(med, 1), round(p90, 1)])
     report(f"training_{label}", f"batch{batch_size}_samples_per_s", round(samples_per_s, 2))
     report(f"training_{label}", f"batch{batch_size}_peak_GiB", peak_memory_gib(device))
+    report(f"training_{label}", f"batch{batch_size}_dispatched_ops_per_step", dispatched_ops(step))
     policy.eval()
     return samples_per_s
 
@@ -459,8 +480,33 @@ def measure_best_batch(policy, label: str, candidates: list[int], device, report
             continue
         report(f"best_batch_{label}", "batch_size", batch_size)
         report(f"best_batch_{label}", "samples_per_s", round(samples_per_s, 2))
+        split = step_cost_split(report.data, label)
+        if split is not None:
+            report(f"best_batch_{label}", "step_cost_split", split)
         return
     report(f"best_batch_{label}", "error", f"no batch of {candidates} fits")
+
+
+def step_cost_split(data: dict, label: str) -> dict | None:
+    """A training step's time as ``fixed + per_sample * batch``, through the batch-8 and best-batch samples/s of
+    path ``label`` in ``data`` (``bench_policy`` results): the fixed part is what a step costs whatever its batch
+    (host work, launches, syncs, small kernels), the per-sample part bounds the samples/s of any batch. None
+    without both figures."""
+    training = data.get(f"training_{label}", {})
+    best = data.get(f"best_batch_{label}", {}).get("batch_size")
+    small, large = training.get("batch8_samples_per_s"), training.get(f"batch{best}_samples_per_s")
+    if not small or not large or best == 8:
+        return None
+    small_ms, large_ms = 8 * 1e3 / small, best * 1e3 / large
+    per_sample = (large_ms - small_ms) / (best - 8)
+    fixed = small_ms - 8 * per_sample
+    return {
+        "from_batches": [8, best],
+        "fixed_ms_per_step": round(fixed, 1),
+        "ms_per_sample": round(per_sample, 2),
+        "fixed_share_at_batch8": round(fixed / small_ms, 3),
+        "samples_per_s_bound": round(1e3 / per_sample, 1),
+    }
 
 
 def measure_fp8_errors(

@@ -135,9 +135,43 @@ def test_docs_table_is_the_committed_h100_run_rendered():
     H100 (no figure typed by hand)."""
     import json
 
-    committed = REPO_DIR / "benchmarks" / "results" / "gpu_bench_policy_2026-12-07" / "bench_policy.json"
+    committed = REPO_DIR / "benchmarks" / "results" / "gpu_bench_policy_2026-12-07_run2" / "bench_policy.json"
     data = json.loads(committed.read_text())
     assert data["setup"]["device_name"] == "NVIDIA H100 80GB HBM3"
     table = summary_table(data).split("\n\n")[0]
     assert table in (REPO_DIR / "docs/performance.md").read_text()
-    assert "| batch-1 chunk, median (p90) ms | 123.92 (170.99) | 27.3 (27.5) | 29.61 (29.86) |" in table
+    assert "| batch-1 chunk, median (p90) ms | 150.74 (181.68) | 28.12 (28.27) | 30.44 (30.54) |" in table
+    assert "| training, best batch that fits, samples/s | — | 43.77 (batch 96) | — |" in table
+
+
+def test_step_cost_split_of_two_batch_sizes():
+    """fixed + per_sample * batch through both measured points: the committed H100 run (batch 8: 24.99 samples/s,
+    batch 96: 43.77) and a step with no fixed cost."""
+    import json
+
+    from bench_policy import step_cost_split
+
+    committed = REPO_DIR / "benchmarks" / "results" / "gpu_bench_policy_2026-12-07_run2" / "bench_policy.json"
+    split = step_cost_split(json.loads(committed.read_text()), "fast")
+    # 8 / 24.99 s = 320.1 ms, 96 / 43.77 s = 2193.3 ms: 21.29 ms per sample, 149.8 ms per step
+    assert split == {
+        "from_batches": [8, 96],
+        "fixed_ms_per_step": 149.8,
+        "ms_per_sample": 21.29,
+        "fixed_share_at_batch8": 0.468,
+        "samples_per_s_bound": 47.0,
+    }
+    linear = {"training_x": {"batch8_samples_per_s": 100.0, "batch32_samples_per_s": 100.0}}
+    linear["best_batch_x"] = {"batch_size": 32}
+    assert step_cost_split(linear, "x")["fixed_ms_per_step"] == 0.0
+    assert step_cost_split(linear, "y") is None
+
+
+def test_dispatched_ops_counts_top_level_aten_calls():
+    """Each op called from Python counts once; the ops it runs inside (``linear`` -> ``t``, ``addmm``) do not."""
+    from bench_policy import dispatched_ops
+
+    x, weight = torch.ones(2, 3), torch.ones(4, 3)
+    assert dispatched_ops(lambda: x.add(1).mul(2)) == 2
+    assert dispatched_ops(lambda: torch.nn.functional.linear(x, weight)) == 1
+    assert dispatched_ops(lambda: None) == 0

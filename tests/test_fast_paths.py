@@ -10,10 +10,21 @@ from contextlib import nullcontext
 import pytest
 import torch
 from defi_test_utils import tiny_batch, tiny_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lerobot_defi.models.edm import sample_first_order
 from lerobot_defi.policy.cuda_graphs import CUDAGraphedFunction
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that reach the dispatcher while it is active."""
+
+    calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 def make_policy(**overrides) -> DeFIPolicy:
@@ -75,14 +86,32 @@ def chunks_of_twin_policies(**overrides):
 
 @pytest.mark.slow
 def test_compiled_policy_matches_eager_on_cpu():
+    from torch._dynamo.utils import counters
+
     eager, compiled, batch, expected, got = chunks_of_twin_policies(compile_mode="default")
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    # Training loss (eval mode: inductor draws dropout masks from its own RNG stream).
-    torch.manual_seed(1)
-    loss_eager, _ = eager.forward(batch)
-    torch.manual_seed(1)
-    loss_compiled, _ = compiled.forward(batch)
-    torch.testing.assert_close(loss_compiled, loss_eager, rtol=1e-4, atol=1e-4)
+    # Training loss and gradients: the loss's tensor path is one compiled graph, forward and backward. Eval mode,
+    # and inductor's random ops replaced by torch's (fallback_random), so both draw the same action-loss noise and
+    # noise levels from the seed (in training mode the compiled graph draws dropout masks from its own stream).
+    graph_breaks = sum(counters["graph_break"].values())
+    losses, grads, backward_ops = [], [], []
+    for policy in (eager, compiled):
+        torch.manual_seed(1)
+        with torch._inductor.config.patch(fallback_random=True):
+            loss, info = policy.forward(batch)
+        with OpCounter() as ops:
+            loss.backward()
+        losses.append((loss, info["action_loss"]))
+        grads.append({name: p.grad for name, p in policy.named_parameters() if p.grad is not None})
+        backward_ops.append(ops.calls)
+    assert sum(counters["graph_break"].values()) == graph_breaks
+    # The compiled backward runs fused kernels: few ops reach the dispatcher (matrix products and the like).
+    assert backward_ops[1] < backward_ops[0] / 3, backward_ops
+    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-5)
+    assert losses[1][1] == pytest.approx(losses[0][1], rel=1e-5)
+    assert grads[1].keys() == grads[0].keys() and len(grads[0]) > 100
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_uncompiled_chunk_of_a_compiled_policy_runs_eagerly():
@@ -127,7 +156,6 @@ def test_cuda_graphed_function_calls_through_on_cpu():
 def test_chunk_path_makes_no_host_tensors(monkeypatch):
     """CUDA-graph capture forbids host-to-device copies: run the chunk on the meta device and fail on any op that
     produces a CPU tensor (a schedule or index built on the CPU and moved over)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     policy = make_policy()
     batch = tiny_batch(policy.config, batch_size=2)
@@ -172,24 +200,26 @@ def test_cuda_graphed_function_replays_per_signature():
     assert len(graphed) == 0
 
 
-@pytest.mark.gpu
-def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
-    reference = make_policy(feature_noise_seed=3, device="cuda").cuda()
-    fast = make_policy(
+def compiled_bf16_twin_on_gpu(policy: DeFIPolicy, batch_size: int) -> tuple[DeFIPolicy, DeFIPolicy, dict]:
+    """``policy`` on the GPU, a twin with its weights (bf16 frozen and trainable parts, compiled with CUDA graphs)
+    and a tiny batch on the GPU."""
+    twin = make_policy(
         feature_noise_seed=3,
         device="cuda",
         gfdm_dtype="bfloat16",
         dtype="bfloat16",
         compile_mode="reduce-overhead",
     )
-    fast.load_state_dict(reference.state_dict())
-    fast = fast.cuda()
-    batch = {
-        k: v.cuda() if torch.is_tensor(v) else v
-        for k, v in tiny_batch(reference.config, batch_size=2).items()
-    }
+    twin.load_state_dict(policy.state_dict())
+    batch = tiny_batch(policy.config, batch_size=batch_size)
+    return policy.cuda(), twin.cuda(), {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@pytest.mark.gpu
+def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
+    reference, fast, batch = compiled_bf16_twin_on_gpu(make_policy(feature_noise_seed=3, device="cuda"), 2)
     noise = torch.randn(2, 10, 7, device="cuda")
     with torch.no_grad():
         expected = reference.predict_action_chunk(batch, noise=noise)
@@ -202,3 +232,27 @@ def test_bf16_compiled_gfdm_matches_fp32_eager_on_gpu():
     # bf16 frozen features and bf16 mixed precision: actions agree to a few hundredths on a [-1, 1] range.
     assert (got - expected).abs().max().item() < 5e-2
     torch.testing.assert_close(again, got, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_compiled_training_step_matches_eager_on_gpu():
+    """The compiled training loss (one graph, forward and backward) under bf16 autocast, as lerobot-train runs it,
+    against the same policy's eager modules: same loss and gradients up to bf16 rounding."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run on the GPU machine with -m gpu)")
+    eager = make_policy(feature_noise_seed=3, device="cuda", gfdm_dtype="bfloat16", dtype="bfloat16")
+    eager, compiled, batch = compiled_bf16_twin_on_gpu(eager, 4)
+    eager.prepare_for_compile()
+    results = []
+    for policy in (eager, compiled):
+        torch.manual_seed(1)
+        with torch._inductor.config.patch(fallback_random=True), torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = policy.forward(batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        results.append((loss.detach().float(), grads.float()))
+    (loss_eager, grads_eager), (loss_compiled, grads_compiled) = results
+    torch.testing.assert_close(loss_compiled, loss_eager, rtol=2e-2, atol=2e-2)
+    assert grads_compiled.shape == grads_eager.shape
+    relative = (grads_compiled - grads_eager).norm() / grads_eager.norm()
+    assert relative.item() < 5e-2, relative.item()

@@ -269,11 +269,12 @@ def test_fp8_gfdm_features_and_chunk_stay_close_to_bf16_on_gpu():
     assert (got - expected).abs().max().item() < 2e-2
     # the compiled FP8 chunk (one graph, CUDA graphs) is the eager FP8 chunk up to bf16 rounding
     assert (got_compiled - got).abs().max().item() < 5e-2
-    # training: gradients reach the trainable parts, never the FP8 layers
-    fp8.train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss, _ = fp8.forward(batch)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is None for p in fp8.gfdm.parameters())
-    assert all(p.grad is not None for p in fp8.action_head.parameters() if p.requires_grad)
+    # training, eager and compiled (the loss's one graph): gradients reach the trainable parts, never the FP8 layers
+    for policy in (fp8, compiled):
+        policy.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = policy.forward(batch)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(p.grad is None for p in policy.gfdm.parameters())
+        assert all(p.grad is not None for p in policy.action_head.parameters() if p.requires_grad)

@@ -126,6 +126,7 @@ class DeFIPolicy(PreTrainedPolicy):
         self._gfdm_fp8: Float8Conversion | None = None
         self.codebook_restarts = CodebookRestarts(config.gidm.codebook_size, config.gidm_code_restart_steps)
         self._compiled_sample = None
+        self._compiled_training_losses = None
         # Inference with dtype bfloat16 / float16: the trainable parts' matrix products read copies of their
         # weights in that dtype, made at the first chunk and refreshed when the weights change
         # (policy/low_precision_weights.py); training reads the fp32 weights.
@@ -142,8 +143,10 @@ class DeFIPolicy(PreTrainedPolicy):
 
         Inference compiles the whole tensor path of a chunk (GFDM pass, Video Former, GIDM, context, the
         10 solver steps) as one function; with ``"reduce-overhead"`` (or ``"max-autotune"``) it is then
-        replayed from a CUDA graph per input shape (:class:`CUDAGraphedFunction`). Training compiles the frozen
-        GFDM pass (the dominant cost) without CUDA graphs. Instruction tokens are padded to buckets of 16 so
+        replayed from a CUDA graph per input shape (:class:`CUDAGraphedFunction`). Training compiles the tensor
+        path of the loss (GFDM pass, Video Former, GIDM, context, action loss) as one function without CUDA graphs,
+        so its backward is one compiled graph too; the GFDM alone is also compiled, for the eager chunk of a
+        policy in training mode. Instruction tokens are padded to buckets of 16 so
         shapes stay static across instructions (padding is masked out). The GFDM's temporal convolutions run as
         2-D convolutions (``use_frame_convolutions``: same weights and sums). With ``dtype`` bfloat16 / float16 the
         compiled chunk reads the low-precision copies of the trainable weights as graph inputs
@@ -159,9 +162,11 @@ class DeFIPolicy(PreTrainedPolicy):
         description = {"policy_config": config_as_saved(self.config)}
         compiled = cached_compiled_function(compiled, self.config.compile_cache_dir, self, description, mode)
         self._compiled_sample = CUDAGraphedFunction(compiled) if graphed else compiled
-        self.gfdm.compile(
-            mode="max-autotune-no-cudagraphs" if mode == "max-autotune" else "default", dynamic=False
+        training_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+        self._compiled_training_losses = torch.compile(
+            self._training_losses, mode=training_mode, dynamic=False
         )
+        self.gfdm.compile(mode=training_mode, dynamic=False)
 
     def prepare_for_compile(self) -> None:
         """What :meth:`compile_modules` sets up before compiling (also for tools that trace the chunk function):
@@ -444,21 +449,43 @@ class DeFIPolicy(PreTrainedPolicy):
         if ACTION not in batch:
             raise KeyError(f"DeFI training needs '{ACTION}' in the batch; got keys {sorted(batch)}")
         t5_dropout = self.training and self.config.t5_dropout_in_training
-        encoded = self._encode(*self._tensor_inputs(batch, t5_dropout=t5_dropout), vq_reduction=reduction)
-        action_loss = self.action_head.loss(
-            batch[ACTION], encoded["context"], batch.get(f"{ACTION}_is_pad"), reduction=reduction
+        inputs = self._tensor_inputs(batch, t5_dropout=t5_dropout)
+        losses = self._compiled_training_losses or self._training_losses
+        loss, action_loss, code_loss, commitment_loss, indices, latents = losses(
+            *inputs, batch[ACTION], batch.get(f"{ACTION}_is_pad"), reduction
         )
-        commitment_weight = self.config.gidm.commitment_weight
-        loss = action_loss + encoded["code_loss"] + commitment_weight * encoded["commitment_loss"]
-        counts = code_counts(encoded["indices"], self.config.gidm.codebook_size)
+        counts = code_counts(indices, self.config.gidm.codebook_size)
         if self.training:
-            self.codebook_restarts.observe(counts, encoded["latents"])
+            self.codebook_restarts.observe(counts, latents)
         return loss, {
             "action_loss": action_loss.mean().item(),
-            "vq_code_loss": encoded["code_loss"].mean().item(),
-            "vq_commitment_loss": encoded["commitment_loss"].mean().item(),
+            "vq_code_loss": code_loss.mean().item(),
+            "vq_commitment_loss": commitment_loss.mean().item(),
             **codebook_stats(counts),
         }
+
+    def _training_losses(
+        self,
+        images: Tensor,
+        feature_noise: Tensor,
+        clip_hidden: Tensor,
+        clip_pooled: Tensor,
+        t5_hidden: Tensor,
+        t5_mask: Tensor,
+        actions: Tensor,
+        action_is_pad: Tensor | None,
+        reduction: str,
+    ) -> tuple[Tensor, ...]:
+        """Tensor-only part of :meth:`forward` (compiled by :meth:`compile_modules`): ``(loss, action loss, code
+        loss, commitment loss, GIDM indices (B, K), GIDM latents)``, the losses scalars or ``(B,)`` by
+        ``reduction``."""
+        encoded = self._encode(
+            images, feature_noise, clip_hidden, clip_pooled, t5_hidden, t5_mask, vq_reduction=reduction
+        )
+        action_loss = self.action_head.loss(actions, encoded["context"], action_is_pad, reduction=reduction)
+        code_loss, commitment_loss = encoded["code_loss"], encoded["commitment_loss"]
+        loss = action_loss + code_loss + self.config.gidm.commitment_weight * commitment_loss
+        return loss, action_loss, code_loss, commitment_loss, encoded["indices"], encoded["latents"]
 
     def update(self) -> None:
         """Called by ``lerobot-train`` after every optimizer step: restarts unused GIDM codes every
