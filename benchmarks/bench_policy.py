@@ -278,7 +278,8 @@ class BenchPolicyConfig:
     best_batch_candidates: list[int] = field(default_factory=lambda: [16, 32, 48, 64, 96, 128, 192, 256])
     # best_batch for the FP8 path too (two more compilations of its training step).
     fp8_best_batch: bool = False
-    # Kernel-family profile of the batch-1 chunk of the fast paths (inference / fp8 sections).
+    # Kernel-family profiles: the batch-1 chunk of the fast paths (inference / fp8 sections) and a batch-8 training
+    # step of each path (training section).
     profile: bool = True
     # Warm starts after the cold one (start section).
     warm_runs: int = 2
@@ -421,10 +422,13 @@ def dispatched_ops(fn) -> int:
     return sum(1 for e in profile.events() if e.name.startswith("aten::") and not nested(e))
 
 
-def measure_training(policy, label: str, batch_size: int, device: str, steps: int, report: Results) -> float:
+def measure_training(
+    policy, label: str, batch_size: int, device: str, steps: int, report: Results, profile: bool = False
+) -> float:
     """Samples/s (median of ``steps`` timed steps) of training at ``batch_size`` (reference: fp32 trainable parts,
     instructions re-encoded; fast paths: bf16 autocast on a GPU); the first step (compilation) is timed apart, and
-    one more step counts the ATen ops it dispatches (:func:`dispatched_ops`)."""
+    one more step counts the ATen ops it dispatches (:func:`dispatched_ops`). With ``profile``, also the kernel
+    time of a step by family (:func:`profile_training_step`)."""
     batch = make_batch(policy.config, batch_size, device)
     reference = label == "reference"
     autocast = torch.bfloat16 if device.startswith("cuda") and not reference else None
@@ -440,8 +444,28 @@ def measure_training(policy, label: str, batch_size: int, device: str, steps: in
     report(f"training_{label}", f"batch{batch_size}_samples_per_s", round(samples_per_s, 2))
     report(f"training_{label}", f"batch{batch_size}_peak_GiB", peak_memory_gib(device))
     report(f"training_{label}", f"batch{batch_size}_dispatched_ops_per_step", dispatched_ops(step))
+    if profile:
+        profile_training_step(step, label, batch_size, med, device, report)
     policy.eval()
     return samples_per_s
+
+
+def profile_training_step(
+    step, label: str, batch_size: int, step_ms: float, device: str, report: Results
+) -> None:
+    """Kernel time per family of one training ``step`` (5 steps under the profiler; CPU op time on the CPU) and its
+    share of the step's median wall time ``step_ms``: on a GPU, the rest of the wall time is the GPU waiting for the
+    host (Python, dispatch, launches)."""
+    from bench_gfdm_variants import kernel_table  # (imports this module: not at the top)
+
+    table, families = kernel_table(step, device, top=15)
+    print(table, flush=True)
+    section = f"profile_training_{label}_batch{batch_size}_ms_per_step"
+    for family, ms in sorted(families.items(), key=lambda item: -item[1]):
+        report(section, family, round(ms, 2))
+    busy = sum(families.values())
+    report(section, "total", round(busy, 2))
+    report(f"training_{label}", f"batch{batch_size}_kernel_share_of_step", round(busy / step_ms, 3))
 
 
 def largest_fitting_batch(policy, candidates: list[int], device: str) -> int | None:
@@ -725,8 +749,8 @@ def main() -> None:
             profile_chunk(fast, "fast", device, report)
 
     if "training" in sections:
-        measure_training(reference, "reference", 8, device, training_steps, report)
-        measure_training(fast, "fast", 8, device, training_steps, report)
+        measure_training(reference, "reference", 8, device, training_steps, report, profile=args.profile)
+        measure_training(fast, "fast", 8, device, training_steps, report, profile=args.profile)
 
     fp8 = None
     if "fp8" in sections:
@@ -762,7 +786,7 @@ def main() -> None:
             profile_chunk(fp8, "fp8", device, report)
         measure_fp8_errors(reference, fast, fp8, max(fp8_batch_sizes), device, report)
         if "training" in sections:
-            measure_training(fp8, "fp8", 8, device, training_steps, report)
+            measure_training(fp8, "fp8", 8, device, training_steps, report, profile=args.profile)
 
     if "best_batch" in sections:
         if not on_gpu:

@@ -175,3 +175,17 @@ def test_dispatched_ops_counts_top_level_aten_calls():
     assert dispatched_ops(lambda: x.add(1).mul(2)) == 2
     assert dispatched_ops(lambda: torch.nn.functional.linear(x, weight)) == 1
     assert dispatched_ops(lambda: None) == 0
+
+
+def test_training_step_profile_reports_kernel_time_and_its_share_of_the_step():
+    """The families' times add up to the reported total, and the share is that total over the step's wall time."""
+    from bench_policy import profile_training_step
+
+    report = Results(None, {})
+    a = torch.ones(128, 128)
+    profile_training_step(lambda: a @ a, "x", 8, 1000.0, "cpu", report)
+    families = report.data["profile_training_x_batch8_ms_per_step"]
+    total = families.pop("total")
+    assert total > 0 and families
+    assert abs(sum(families.values()) - total) < 0.01 * len(families) + 1e-9
+    assert report.data["training_x"]["batch8_kernel_share_of_step"] == round(total / 1000.0, 3)
