@@ -163,8 +163,14 @@ class DeFIPolicy(PreTrainedPolicy):
         compiled = cached_compiled_function(compiled, self.config.compile_cache_dir, self, description, mode)
         self._compiled_sample = CUDAGraphedFunction(compiled) if graphed else compiled
         training_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
+        # Inductor's mix-order reduction fusion (CUDA) fails on this backward graph in torch 2.11 ("AssertionError:
+        # 128 v.s. 32" in MixOrderReduction.get_numel_rnumel, seen on an H100): off for the training graph.
+        training_options = {
+            **torch._inductor.list_mode_options(training_mode),
+            "triton.mix_order_reduction": False,
+        }
         self._compiled_training_losses = torch.compile(
-            self._training_losses, mode=training_mode, dynamic=False
+            self._training_losses, options=training_options, dynamic=False
         )
         self.gfdm.compile(mode=training_mode, dynamic=False)
 
