@@ -8,12 +8,17 @@
 #   .whl2: LeRobot and what it needs, this package's wheel and the CALVIN simulator (../shared/vendor: slim
 #          PyBullet, calvin_env's dependencies, calvin_env.bundle), ~27 MB: with the repository (~9 MB) it leaves
 #          room for a recorded dataset of up to ~25 MB in the same call
-# Both folder names must be ignored by git (.git/info/exclude) so that they travel only when carried. On the
-# machine: source benchmarks/gpu_machine_setup.sh .whl1 (one call), then .whl2 (the next call, within 30 s).
+#   [third folder, optional, e.g. .whl3]: the wheels of both but the simulator's, ~55 MB: the GPU tests and
+#          bench_policy.py need nothing else, so one call (with the ~10 MB repository, under the 64 MiB) sets up the
+#          machine and starts the job, and no second call has to follow within the machine's idle release
+# The folder names must be ignored by git (.git/info/exclude) so that they travel only when carried. On the
+# machine: source benchmarks/gpu_machine_setup.sh .whl1 (one call), then .whl2 (the next call, within 30 s); or
+# source benchmarks/gpu_machine_setup.sh .whl3 (one call, no simulator).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 first=${1:-.whl1}
 second=${2:-.whl2}
+single=${3:-}
 vendor=${VENDOR_DIR:-$repo/../shared/vendor}
 python=${PYTHON:-$repo/.venv/bin/python}
 mkdir -p "$first" "$second"
@@ -33,5 +38,13 @@ download "$second" lerobot==0.6.1 diffusers==0.39.0 datasets==4.8.5 dill==0.4.1 
 download "$first" av==15.1.0 torchao==0.18.0
 rm -f "$second"/lerobot_policy_defi-*.whl
 "$python" -m pip wheel -q --no-deps --no-build-isolation "$repo" -w "$second"
+if [ -n "$single" ]; then
+  mkdir -p "$single"
+  rm -f "$single"/*.whl
+  cp "$first"/*.whl "$single"/
+  for wheel in "$second"/*.whl; do  # (a second run finds the simulator's wheels in $second already)
+    [ -e "$vendor/wheels/$(basename "$wheel")" ] || cp "$wheel" "$single"/
+  done
+fi
 cp "$vendor"/wheels/*.whl "$vendor"/calvin_env.bundle "$second"/
-du -sh "$first" "$second"
+du -sh "$first" "$second" ${single:+"$single"}
