@@ -399,9 +399,16 @@ def profile_chunk(policy, label: str, device: str, report: Results) -> None:
     batch = make_batch(policy.config, 1, device)
     table, families = kernel_table(lambda: policy.predict_action_chunk(batch), device, top=25)
     print(table, flush=True)
+    report_kernel_families(report, f"profile_{label}_batch1_ms_per_chunk", families)
+
+
+def report_kernel_families(report: Results, section: str, families: dict[str, float]) -> float:
+    """Reports ms per kernel family (largest first) and their total under ``section``; returns the total."""
     for family, ms in sorted(families.items(), key=lambda item: -item[1]):
-        report(f"profile_{label}_batch1_ms_per_chunk", family, round(ms, 2))
-    report(f"profile_{label}_batch1_ms_per_chunk", "total", round(sum(families.values()), 2))
+        report(section, family, round(ms, 2))
+    total = sum(families.values())
+    report(section, "total", round(total, 2))
+    return total
 
 
 def dispatched_ops(fn) -> int:
@@ -460,11 +467,7 @@ def profile_training_step(
 
     table, families = kernel_table(step, device, top=15)
     print(table, flush=True)
-    section = f"profile_training_{label}_batch{batch_size}_ms_per_step"
-    for family, ms in sorted(families.items(), key=lambda item: -item[1]):
-        report(section, family, round(ms, 2))
-    busy = sum(families.values())
-    report(section, "total", round(busy, 2))
+    busy = report_kernel_families(report, f"profile_training_{label}_batch{batch_size}_ms_per_step", families)
     report(f"training_{label}", f"batch{batch_size}_kernel_share_of_step", round(busy / step_ms, 3))
 
 
