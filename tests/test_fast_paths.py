@@ -256,3 +256,18 @@ def test_compiled_training_step_matches_eager_on_gpu():
     assert grads_compiled.shape == grads_eager.shape
     relative = (grads_compiled - grads_eager).norm() / grads_eager.norm()
     assert relative.item() < 5e-2, relative.item()
+
+    # The frozen GFDM's convolutions run channels-last in the training graph: cuDNN's bf16 kernels need no
+    # NCHW <-> NHWC transposes around them (inductor's own heuristic left them NCHW: docs/performance.md §2).
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = compiled.forward(batch)
+        loss.backward()
+        torch.cuda.synchronize()
+    kernels = [event.name for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+    assert any("implicit_gemm" in name or "conv" in name.lower() for name in kernels), (
+        "no convolution profiled"
+    )
+    transposes = [name for name in kernels if "nchwToNhwc" in name or "nhwcToNchw" in name]
+    assert not transposes, transposes[:3]

@@ -165,9 +165,14 @@ class DeFIPolicy(PreTrainedPolicy):
         training_mode = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
         # Inductor's mix-order reduction fusion (CUDA) fails on this backward graph in torch 2.11 ("AssertionError:
         # 128 v.s. 32" in MixOrderReduction.get_numel_rnumel, seen on an H100): off for the training graph.
+        # Channels-last convolutions are forced: inductor's training-graph heuristic skips them for a graph with a
+        # convolution of fewer output than input channels (the UNet's up-block resnets), and cuDNN's bf16 kernels
+        # then transpose around each convolution (docs/performance.md §2). Every convolution here is the frozen
+        # GFDM's, and the inference graph already runs them channels-last.
         training_options = {
             **torch._inductor.list_mode_options(training_mode),
             "triton.mix_order_reduction": False,
+            "force_layout_optimization": True,
         }
         self._compiled_training_losses = torch.compile(
             self._training_losses, options=training_options, dynamic=False
