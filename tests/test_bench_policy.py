@@ -145,8 +145,8 @@ def test_docs_table_is_the_committed_h100_run_rendered():
 
 
 def test_step_cost_split_of_two_batch_sizes():
-    """fixed + per_sample * batch through both measured points: the committed H100 run (batch 8: 24.99 samples/s,
-    batch 96: 43.77) and a step with no fixed cost."""
+    """fixed + per_sample * batch through both measured points: the committed H100 runs (run 2, batch 8: 24.99
+    samples/s, batch 96: 43.77; run 3 with the compiled loss) and a step with no fixed cost."""
     import json
 
     from bench_policy import step_cost_split
@@ -161,6 +161,14 @@ def test_step_cost_split_of_two_batch_sizes():
         "fixed_share_at_batch8": 0.468,
         "samples_per_s_bound": 47.0,
     }
+    # Run 3 (the compiled training loss, docs/performance.md §2.1) wrote its split; the figures recompute to it.
+    run3 = REPO_DIR / "benchmarks" / "results" / "gpu_bench_training_2026-12-07_run3" / "bench_training.json"
+    data = json.loads(run3.read_text())
+    assert step_cost_split(data, "fast") == data["best_batch_fast"]["step_cost_split"]
+    assert (data["best_batch_fast"]["step_cost_split"]["fixed_ms_per_step"], split["fixed_ms_per_step"]) == (
+        61.8,
+        149.8,
+    )
     linear = {"training_x": {"batch8_samples_per_s": 100.0, "batch32_samples_per_s": 100.0}}
     linear["best_batch_x"] = {"batch_size": 32}
     assert step_cost_split(linear, "x")["fixed_ms_per_step"] == 0.0
