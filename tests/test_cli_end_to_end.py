@@ -56,9 +56,9 @@ def test_train_on_real_calvin_frames_then_load_and_act(tmp_path, calvin_slice):
             "--dataset.repo_id=local/calvin_slice",
             f"--dataset.root={root}",
             f"--output_dir={tmp_path / 'run'}",
-            "--steps=300",
-            "--log_freq=50",
-            "--save_freq=300",
+            "--steps=150",
+            "--log_freq=25",
+            "--save_freq=150",
             "--dataset.video_backend=pyav",
         ],
         tmp_path,
@@ -66,9 +66,10 @@ def test_train_on_real_calvin_frames_then_load_and_act(tmp_path, calvin_slice):
     losses = logged_losses(output)
     assert len(losses) == 6, output[-3000:]
     assert all(np.isfinite(losses))
-    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+    # 150 steps on the 2-core CPU: 1.39 at step 25, 0.52 over the last two logs (0.38 of the first).
+    assert np.mean(losses[-2:]) < 0.6 * losses[0], losses
 
-    checkpoint = tmp_path / "run" / "checkpoints" / "000300" / "pretrained_model"
+    checkpoint = tmp_path / "run" / "checkpoints" / "000150" / "pretrained_model"
     for name in ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"):
         assert (checkpoint / name).is_file(), name
     policy = DeFIPolicy.from_pretrained(checkpoint)

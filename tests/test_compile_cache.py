@@ -325,9 +325,9 @@ print(json.dumps({"actions": torch.cat(actions).tolist(), "loaded": status.loade
 def test_tiny_policy_warm_start_loads_the_entry_and_repeats_the_actions(tmp_path):
     """from_pretrained + compile_modules + select_action in two fresh processes sharing a compile cache folder.
 
-    Both use one inductor folder that outlives the test (``TORCHINDUCTOR_CACHE_DIR`` or inductor's default): a
-    truly cold compile of the tiny policy is ~170 C++ kernels, ~10 minutes on a small shared CPU, paid once per
-    machine and torch version. The entry-only path is the small-module test above."""
+    Both use the test session's inductor folder (``TORCHINDUCTOR_CACHE_DIR``, tests/conftest.py), where the cold
+    process compiles the tiny policy's chunk (~170 C++ kernels, about 3 minutes on 2 cores) for the later tests
+    that compile the same graph. The entry-only path is the small-module test above."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     make_policy().save_pretrained(tmp_path / "policy")
