@@ -310,8 +310,8 @@ from lerobot_defi.policy.modeling_defi import DeFIPolicy
 policy = DeFIPolicy.from_pretrained(sys.argv[1]).eval()
 policy.config.compile_cache_dir = sys.argv[2]
 policy.compile_modules("default")
-batch = tiny_batch(policy.config, batch_size=1)
-noise = torch.randn(1, 10, 7, generator=torch.Generator().manual_seed(5))
+batch = tiny_batch(policy.config, batch_size=2)
+noise = torch.randn(2, 10, 7, generator=torch.Generator().manual_seed(5))
 actions = [policy.select_action(batch, noise=noise) for _ in range(3)]
 (status,) = policy._compiled_sample.entries.values()
 print(json.dumps({"actions": torch.cat(actions).tolist(), "loaded": status.loaded, "saved": status.saved,
@@ -326,8 +326,9 @@ def test_tiny_policy_warm_start_loads_the_entry_and_repeats_the_actions(tmp_path
     """from_pretrained + compile_modules + select_action in two fresh processes sharing a compile cache folder.
 
     Both use the test session's inductor folder (``TORCHINDUCTOR_CACHE_DIR``, tests/conftest.py), where the cold
-    process compiles the tiny policy's chunk (~170 C++ kernels, about 3 minutes on 2 cores) for the later tests
-    that compile the same graph. The entry-only path is the small-module test above."""
+    process compiles the tiny policy's batch-2 chunk (~170 C++ kernels, about 3 minutes on 2 cores) for the later
+    tests that compile the same graph or kernels of it (test_fast_paths, test_low_precision_weights). The
+    entry-only path is the small-module test above."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     make_policy().save_pretrained(tmp_path / "policy")

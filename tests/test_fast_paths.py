@@ -70,14 +70,14 @@ def test_instruction_cache_and_token_buckets_do_not_change_actions():
     torch.testing.assert_close(bucketed, first, rtol=1e-5, atol=1e-5)
 
 
-def chunks_of_twin_policies(batch_size: int = 2, **overrides):
+def chunks_of_twin_policies(**overrides):
     """A tiny policy and a twin with ``overrides`` and the same weights; both predict one chunk from the same
     batch and noise. Returns ``(reference, twin, batch, reference_chunk, twin_chunk)``."""
     reference = make_policy(feature_noise_seed=3)
     twin = make_policy(feature_noise_seed=3, **overrides)
     twin.load_state_dict(reference.state_dict())
-    batch = tiny_batch(reference.config, batch_size=batch_size)
-    noise = torch.randn(batch_size, 10, 7)
+    batch = tiny_batch(reference.config, batch_size=2)
+    noise = torch.randn(2, 10, 7)
     with torch.no_grad():
         expected = reference.predict_action_chunk(batch, noise=noise)
         got = twin.predict_action_chunk(batch, noise=noise)
@@ -88,10 +88,10 @@ def chunks_of_twin_policies(batch_size: int = 2, **overrides):
 def test_compiled_policy_matches_eager_on_cpu():
     from torch._dynamo.utils import counters
 
-    # Batch 1, the chunk graph test_compile_cache's warm-start test compiles: the session's inductor cache
-    # (tests/conftest.py) has its kernels when both run. No compile cache entry is written (compile_cache_dir off).
+    # The chunk graph test_compile_cache's warm-start test compiles (batch 2): the session's inductor cache
+    # (tests/conftest.py) has it when both run. No compile cache entry is written (compile_cache_dir off).
     eager, compiled, batch, expected, got = chunks_of_twin_policies(
-        batch_size=1, compile_mode="default", compile_cache_dir="off"
+        compile_mode="default", compile_cache_dir="off"
     )
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # Training loss and gradients: the loss's tensor path is one compiled graph, forward and backward. Eval mode,
