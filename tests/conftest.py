@@ -14,8 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     # One inductor cache for the session and the processes it starts, removed at its end: tests that compile
-    # the same graph share its kernels, and nothing is left in inductor's folder of the machine, so a second run
-    # costs what a fresh machine's does. Set TORCHINDUCTOR_CACHE_DIR to keep one between runs.
+    # the same graph share its kernels, and no compiled graph outlives the run, so a second run costs what a fresh
+    # machine's does (torch still keeps its precompiled C++ header in inductor's default folder). Set
+    # TORCHINDUCTOR_CACHE_DIR to keep one between runs.
     _inductor_dir = tempfile.mkdtemp(prefix="defi-tests-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _inductor_dir
     atexit.register(lambda: __import__("shutil").rmtree(_inductor_dir, ignore_errors=True))
