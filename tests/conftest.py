@@ -7,6 +7,7 @@ to run them as on a machine without it (``.ci/run`` does once): ``tests/hide_cal
 
 import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,11 +20,10 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     # TORCHINDUCTOR_CACHE_DIR to keep one between runs.
     _inductor_dir = tempfile.mkdtemp(prefix="defi-tests-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = _inductor_dir
-    atexit.register(lambda: __import__("shutil").rmtree(_inductor_dir, ignore_errors=True))
+    atexit.register(shutil.rmtree, _inductor_dir, ignore_errors=True)
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -329,12 +329,8 @@ def test_tiny_policy_warm_start_loads_the_entry_and_repeats_the_actions(tmp_path
     process compiles the tiny policy's batch-2 chunk (~170 C++ kernels, about 3 minutes on 2 cores) for the later
     tests that compile the same graph or kernels of it (test_fast_paths, test_low_precision_weights). The
     entry-only path is the small-module test above."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     make_policy().save_pretrained(tmp_path / "policy")
-    env = dict(
-        os.environ, TORCHINDUCTOR_CACHE_DIR=os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
-    )
+    env = dict(os.environ)  # with the session's TORCHINDUCTOR_CACHE_DIR, which the compile cache then keeps
     args = (str(tmp_path / "policy"), str(tmp_path / "cache"), str(TESTS_DIR))
     cold = run_python(POLICY_START, env, *args)
     warm = run_python(POLICY_START, env, *args)
