@@ -1,4 +1,5 @@
-"""Test session setup: offline mode, plugin registration, the CALVIN simulator (skips and hiding); shared fixtures.
+"""Test session setup: offline mode, plugin registration, inductor (one cache folder for the session, C++ kernels
+without SIMD: docs/installation.md#s2), the CALVIN simulator (skips and hiding); shared fixtures.
 
 Tests that need the real CALVIN simulator are marked ``calvin_env`` and skip, with the reason, where it cannot be
 imported. ``DEFI_HIDE_CALVIN_ENV=1`` hides an installed simulator from the tests and every process they start,
@@ -27,10 +28,12 @@ import json
 from pathlib import Path
 
 import pytest
-from defi_test_utils import CALVIN_SLICE, TESTS_DIR
+from defi_test_utils import CALVIN_SLICE, TESTS_DIR, compile_scalar_cpu_kernels
 
 import lerobot_policy_defi  # noqa: F401  (registers the defi policy type and its processor steps)
 from lerobot_defi.envs.calvin_simulator import calvin_env_available
+
+compile_scalar_cpu_kernels()
 
 HIDE_CALVIN_ENV_DIR = Path(__file__).resolve().parent / "hide_calvin_env"
 

@@ -15,6 +15,17 @@ CALVIN_SLICE = TESTS_DIR / "data" / "calvin_mini_slice"
 CALVIN_CAMERAS = {"observation.images.static": (3, 200, 200), "observation.images.gripper": (3, 84, 84)}
 
 
+def compile_scalar_cpu_kernels() -> None:
+    """Inductor writes its C++ (CPU) kernels of this process without SIMD: on a 2-core machine the tiny policy's
+    graphs compile in two thirds of the time (docs/installation.md#s2). The compile tests check graphs, compile
+    caches and numerics against eager, none of which depends on CPU vectorisation; the GPU tests compile Triton
+    kernels as users do. The processes the tests start that compile call it too, so that their graphs and the
+    tests' share keys in the session's inductor cache (the setting is part of them)."""
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.simdlen = 0
+
+
 def tiny_config(
     cameras: dict[str, tuple[int, int, int]] | None = None, action_dim: int = 7, **overrides
 ) -> DeFIConfig:

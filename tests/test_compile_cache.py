@@ -269,10 +269,13 @@ def run_python(script: str, env: dict, *args: str) -> dict:
 
 SMALL_MODULE_START = """
 import json, sys
+sys.path.insert(0, sys.argv[2])
 import torch
+from defi_test_utils import compile_scalar_cpu_kernels
 from torch._dynamo.utils import counters
 from lerobot_defi.policy.compile_cache import CachedCompiledFunction, CompileCache
 
+compile_scalar_cpu_kernels()
 torch.manual_seed(0)
 module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.LayerNorm(16)).eval()
 cached = CachedCompiledFunction(
@@ -291,9 +294,9 @@ print(json.dumps({"output": output.tolist(), "loaded": status.loaded, "saved": s
 def test_the_entry_alone_gives_a_new_process_the_compiled_graph(tmp_path):
     """The warm process has an empty inductor folder: its compiled graph can only come from the entry."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor_cold"))
-    cold = run_python(SMALL_MODULE_START, env, str(tmp_path / "cache"))
+    cold = run_python(SMALL_MODULE_START, env, str(tmp_path / "cache"), str(TESTS_DIR))
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor_empty")
-    warm = run_python(SMALL_MODULE_START, env, str(tmp_path / "cache"))
+    warm = run_python(SMALL_MODULE_START, env, str(tmp_path / "cache"), str(TESTS_DIR))
     assert (cold["loaded"], cold["saved"], cold["misses"]) == (False, True, 1)
     assert (warm["loaded"], warm["saved"], warm["hits"], warm["misses"]) == (True, False, 1, 0)
     assert warm["output"] == cold["output"]
@@ -304,9 +307,10 @@ import json, sys
 sys.path.insert(0, sys.argv[3])
 import torch
 from torch._dynamo.utils import counters
-from defi_test_utils import tiny_batch
+from defi_test_utils import compile_scalar_cpu_kernels, tiny_batch
 from lerobot_defi.policy.modeling_defi import DeFIPolicy
 
+compile_scalar_cpu_kernels()
 policy = DeFIPolicy.from_pretrained(sys.argv[1]).eval()
 policy.config.compile_cache_dir = sys.argv[2]
 policy.compile_modules("default")
@@ -326,9 +330,9 @@ def test_tiny_policy_warm_start_loads_the_entry_and_repeats_the_actions(tmp_path
     """from_pretrained + compile_modules + select_action in two fresh processes sharing a compile cache folder.
 
     Both use the test session's inductor folder (``TORCHINDUCTOR_CACHE_DIR``, tests/conftest.py), where the cold
-    process compiles the tiny policy's batch-2 chunk (~170 C++ kernels, about 3 minutes on 2 cores) for the later
-    tests that compile the same graph or kernels of it (test_fast_paths, test_low_precision_weights). The
-    entry-only path is the small-module test above."""
+    process compiles the tiny policy's batch-2 chunk (~170 C++ kernels without SIMD, about 2 minutes on 2 cores)
+    for the later tests that compile the same graph or kernels of it (test_fast_paths, test_low_precision_weights).
+    The entry-only path is the small-module test above."""
     make_policy().save_pretrained(tmp_path / "policy")
     env = dict(os.environ)  # with the session's TORCHINDUCTOR_CACHE_DIR, which the compile cache then keeps
     args = (str(tmp_path / "policy"), str(tmp_path / "cache"), str(TESTS_DIR))
